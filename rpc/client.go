@@ -1,0 +1,422 @@
+package rpc
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/google/uuid"
+
+	"github.com/mqttrpc/mqttrpc/codec"
+)
+
+// Property names of the protocol (MQTT user properties).
+const (
+	propVersion = "mqttrpc-version"
+	propTimeout = "mqttrpc-timeout"
+	propStatus  = "mqttrpc-status"
+	propMessage = "mqttrpc-message"
+	propTarget  = "mqttrpc-target"
+
+	protocolVersion = "1"
+)
+
+const defaultTimeout = 10 * time.Second
+
+// Client calls methods of remote servers. It subscribes to one response
+// topic, mqttrpc/responses/<client ID>, and tells concurrent calls apart by
+// their CorrelationData. A Client is safe for concurrent use.
+type Client struct {
+	conn          *Conn
+	responseTopic string
+	interceptors  []Interceptor
+	timeout       time.Duration
+	logger        *slog.Logger
+	removeRoute   func()
+
+	subscribeMu sync.Mutex
+	subscribed  bool
+
+	mu      sync.Mutex
+	pending map[[16]byte]chan *paho.Publish
+	closed  bool
+}
+
+type clientConfig struct {
+	interceptors   []Interceptor
+	defaultTimeout time.Duration
+	logger         *slog.Logger
+}
+
+// NewClient returns a Client that calls over conn. Its response subscription
+// is made by the first call and restored after every reconnect.
+func NewClient(conn *Conn, opts ...ClientOption) *Client {
+	cfg := clientConfig{defaultTimeout: defaultTimeout, logger: conn.logger}
+	for _, o := range opts {
+		o.applyToClient(&cfg)
+	}
+	c := &Client{
+		conn:          conn,
+		responseTopic: DefaultResponsePrefix + conn.clientID,
+		interceptors:  cfg.interceptors,
+		timeout:       cfg.defaultTimeout,
+		logger:        cfg.logger,
+		pending:       map[[16]byte]chan *paho.Publish{},
+	}
+	c.removeRoute = conn.addListener(c.handleResponse)
+	return c
+}
+
+// ResponseTopic returns the topic the client receives its responses on.
+func (c *Client) ResponseTopic() string { return c.responseTopic }
+
+// Close ends the calls in flight with Canceled and unsubscribes the response
+// topic. It does not close the Conn.
+func (c *Client) Close(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	pending := c.pending
+	c.pending = map[[16]byte]chan *paho.Publish{}
+	c.mu.Unlock()
+	c.removeRoute()
+	for _, ch := range pending {
+		close(ch)
+	}
+	return c.conn.unsubscribe(ctx, []string{c.responseTopic})
+}
+
+// Stub returns the client side of one method of a service, for generated
+// code. opts apply to every call through the stub, before the call's own.
+// A template error is reported by every call (generated code validates its
+// templates when it is generated, so it only happens with hand-written
+// descriptors).
+func (c *Client) Stub(desc *ServiceDesc, method string, opts ...CallOption) *Stub {
+	s := &Stub{client: c, service: desc.ServiceName, method: method, opts: opts}
+	var md *MethodDesc
+	for i := range desc.Methods {
+		if desc.Methods[i].MethodName == method {
+			md = &desc.Methods[i]
+		}
+	}
+	if md == nil {
+		s.err = Errorf(Unimplemented, "service %s has no method %q", desc.ServiceName, method)
+		return s
+	}
+	s.qos, s.idempotency = md.QoS, md.Idempotency
+	s.template, s.err = parseTemplateOrDefault(md.TopicTemplate)
+	return s
+}
+
+// Call invokes a method of a service that uses the default topic template,
+// without generated code: req and resp are messages of the codec (protobuf
+// messages for the built-in codecs), QoS 1 unless WithQoS says otherwise.
+func (c *Client) Call(ctx context.Context, service, method string, req, resp any, opts ...CallOption) error {
+	s := Stub{client: c, service: service, method: method, qos: QoS1, template: defaultTemplate}
+	return s.Invoke(ctx, req, resp, opts...)
+}
+
+var defaultTemplate = must(ParseTopicTemplate(DefaultTopicTemplate))
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func parseTemplateOrDefault(s string) (*TopicTemplate, error) {
+	if s == "" || s == DefaultTopicTemplate {
+		return defaultTemplate, nil
+	}
+	t, err := ParseTopicTemplate(s)
+	if err != nil {
+		return nil, Errorf(Internal, "%v", err)
+	}
+	return t, nil
+}
+
+// Stub calls one method; generated clients hold one per method.
+type Stub struct {
+	client      *Client
+	service     string
+	method      string
+	qos         QoS
+	idempotency Idempotency
+	template    *TopicTemplate
+	opts        []CallOption
+	err         error
+}
+
+// callConfig collects CallOptions.
+type callConfig struct {
+	target           string
+	qos              QoS
+	qosSet           bool
+	codec            codec.Codec
+	metadata         []metadataPair
+	tokens           []tokenOption
+	responseMetadata *Metadata
+}
+
+type metadataPair struct {
+	key    string
+	values []string
+}
+
+// Invoke calls the method with req and decodes the answer into resp. Every
+// failure is an *Error with a Code.
+func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) error {
+	if s.err != nil {
+		return s.err
+	}
+	cfg := callConfig{qos: s.qos, codec: codec.Proto}
+	for _, o := range s.opts {
+		o.applyToCall(&cfg)
+	}
+	for _, o := range opts {
+		o.applyToCall(&cfg)
+	}
+	call := &Call{
+		service:     s.service,
+		method:      s.method,
+		idempotency: s.idempotency,
+		isClient:    true,
+		target:      cfg.target,
+		codecName:   cfg.codec.Name(),
+	}
+	if len(cfg.metadata) > 0 {
+		call.reqMeta = make(Metadata, len(cfg.metadata))
+		for _, p := range cfg.metadata {
+			call.reqMeta[p.key] = append(call.reqMeta[p.key], p.values...)
+		}
+	}
+	if len(cfg.tokens) > 0 {
+		call.tokens = make(map[string]string, len(cfg.tokens))
+		for _, t := range cfg.tokens {
+			call.tokens[t.name] = t.value
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.client.timeout)
+		defer cancel()
+	}
+	ctx = withCall(ctx, call)
+	send := func(ctx context.Context, req any) (any, error) {
+		return resp, s.client.send(ctx, call, s.template, &cfg, req, resp)
+	}
+	var err error
+	if len(s.client.interceptors) == 0 {
+		_, err = send(ctx, req)
+	} else {
+		_, err = chainInterceptors(send, s.client.interceptors)(ctx, req)
+	}
+	if cfg.responseMetadata != nil {
+		*cfg.responseMetadata = call.respMeta
+	}
+	if err != nil {
+		return asError(err)
+	}
+	return nil
+}
+
+// send publishes one request and waits for its response.
+func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg *callConfig, req, resp any) error {
+	switch {
+	case call.target == "":
+		return Errorf(InvalidArgument, "call to %s has no target: pass rpc.To(id) or rpc.ToAny()", call.Procedure())
+	case call.target == TargetAll:
+		return Errorf(InvalidArgument, "a unary call cannot be addressed to _all (every server would answer); use Client.Broadcast")
+	case call.target != TargetAny:
+		if err := checkID("target", call.target); err != nil {
+			return err
+		}
+	}
+	if cfg.qos > QoS2 {
+		return Errorf(InvalidArgument, "QoS %d is not 0, 1 or 2", cfg.qos)
+	}
+	for _, name := range tmpl.custom {
+		if call.tokens[name] == "" {
+			return Errorf(InvalidArgument, "topic template %q needs a value for {%s}: pass rpc.WithToken(%q, value)", tmpl.raw, name, name)
+		}
+	}
+	topic, err := tmpl.render(&topicValues{service: call.service, target: call.target, method: call.method, custom: call.tokens})
+	if err != nil {
+		return err
+	}
+	call.topic = topic
+	props := &paho.PublishProperties{
+		ResponseTopic: c.responseTopic,
+		ContentType:   cfg.codec.ContentType(),
+		User:          make(paho.UserProperties, 0, 2+len(call.reqMeta)),
+	}
+	props.User = append(props.User, paho.UserProperty{Key: propVersion, Value: protocolVersion})
+	for k, vs := range call.reqMeta {
+		if isReservedKey(k) {
+			return Errorf(InvalidArgument, "metadata key %q is reserved for the protocol", k)
+		}
+		for _, v := range vs {
+			props.User = append(props.User, paho.UserProperty{Key: k, Value: v})
+		}
+	}
+	if cfg.codec.ContentType() == codec.ContentTypeJSON {
+		props.PayloadFormat = &payloadFormatUTF8
+	}
+	payload, err := cfg.codec.Marshal(req)
+	if err != nil {
+		return Errorf(Internal, "encoding the request: %w", err)
+	}
+
+	if err := c.conn.waitReady(ctx); err != nil {
+		return err
+	}
+	if err := c.ensureSubscribed(ctx); err != nil {
+		return err
+	}
+
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Errorf(Internal, "making a correlation ID: %w", err)
+	}
+	ch := make(chan *paho.Publish, 1)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return Errorf(Canceled, "client closed")
+	}
+	c.pending[id] = ch
+	c.mu.Unlock()
+	defer c.forget(id)
+	props.CorrelationData = id[:]
+
+	deadline, _ := ctx.Deadline()
+	left := time.Until(deadline)
+	if left <= 0 {
+		return Errorf(DeadlineExceeded, "deadline exceeded before the request was sent")
+	}
+	expiry := expirySeconds(left)
+	props.MessageExpiry = &expiry
+	props.User = append(props.User, paho.UserProperty{Key: propTimeout, Value: strconv.FormatInt(max(left.Milliseconds(), 1), 10)})
+
+	if err := c.conn.publish(ctx, &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}); err != nil {
+		return err
+	}
+	select {
+	case p, ok := <-ch:
+		if !ok {
+			return Errorf(Canceled, "client closed")
+		}
+		return c.decodeResponse(call, cfg.codec, p, resp)
+	case <-ctx.Done():
+		if ctx.Err() == context.DeadlineExceeded {
+			return Errorf(DeadlineExceeded, "no response from %s on %q within the deadline", call.target, topic)
+		}
+		return Errorf(Canceled, "call canceled")
+	}
+}
+
+var payloadFormatUTF8 byte = 1
+
+// expirySeconds rounds a duration up to whole seconds, at least 1, for the
+// MessageExpiryInterval.
+func expirySeconds(d time.Duration) uint32 {
+	s := math.Ceil(d.Seconds())
+	return uint32(min(max(s, 1), math.MaxUint32))
+}
+
+func (c *Client) forget(id [16]byte) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+func (c *Client) ensureSubscribed(ctx context.Context) error {
+	c.subscribeMu.Lock()
+	defer c.subscribeMu.Unlock()
+	if c.subscribed {
+		return nil
+	}
+	err := c.conn.subscribe(ctx, []paho.SubscribeOptions{{Topic: c.responseTopic, QoS: 2}})
+	if err != nil {
+		return err
+	}
+	c.subscribed = true
+	return nil
+}
+
+// handleResponse runs on paho's receive goroutine: it hands the response to
+// its waiting call and never blocks.
+func (c *Client) handleResponse(p *paho.Publish) bool {
+	if p.Topic != c.responseTopic {
+		return false
+	}
+	var id [16]byte
+	if p.Properties == nil || len(p.Properties.CorrelationData) != len(id) {
+		c.logger.Debug("mqttrpc: dropped a response without a valid correlation ID", "topic", p.Topic)
+		return true
+	}
+	copy(id[:], p.Properties.CorrelationData)
+	c.mu.Lock()
+	ch, ok := c.pending[id]
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if !ok {
+		// A late answer to a call that gave up, or a duplicate.
+		c.logger.Debug("mqttrpc: dropped a response to no pending call", "topic", p.Topic)
+		return true
+	}
+	ch <- p // buffered, and each channel gets one message
+	return true
+}
+
+func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Publish, resp any) error {
+	props := p.Properties
+	code, statusSeen := Unknown, false
+	var message string
+	for _, u := range props.User {
+		switch u.Key {
+		case propStatus:
+			code, statusSeen = parseStatus(u.Value)
+			if !statusSeen {
+				return Errorf(Internal, "response has a malformed %s %q", propStatus, u.Value)
+			}
+		case propMessage:
+			message = u.Value
+		default:
+			if !isReservedKey(u.Key) {
+				call.ResponseMetadata().Add(u.Key, u.Value)
+			}
+		}
+	}
+	if !statusSeen {
+		return Errorf(Internal, "response has no %s property", propStatus)
+	}
+	if code != OK {
+		e := Errorf(code, "%s", message)
+		if len(call.respMeta) > 0 {
+			e.meta = call.respMeta.Clone()
+		}
+		return e
+	}
+	cd, ok := requestCodec, true
+	if props.ContentType != "" && props.ContentType != cd.ContentType() {
+		cd, ok = builtinCodecs.Lookup(props.ContentType)
+	}
+	if !ok {
+		return Errorf(Internal, "response has unknown content type %q", props.ContentType)
+	}
+	if err := cd.Unmarshal(p.Payload, resp); err != nil {
+		return Errorf(Internal, "decoding the response as %s: %v", cd.ContentType(), err)
+	}
+	return nil
+}
+
+var builtinCodecs = codec.NewRegistry()

@@ -1,0 +1,101 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Error is an RPC error: a Code, a message meant for humans, an optional
+// wrapped cause and metadata. Handlers return one to choose the code the
+// caller sees; callers get one from every failed call and inspect it with
+// errors.As or CodeOf.
+type Error struct {
+	code Code
+	err  error
+	meta Metadata
+}
+
+// NewError returns an error with the given code wrapping err. The message
+// sent to the caller is err.Error().
+func NewError(code Code, err error) *Error {
+	return &Error{code: code, err: err}
+}
+
+// Errorf returns an error with the given code and a formatted message. A %w
+// verb wraps its argument as with fmt.Errorf.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// Code returns the error's status code. A nil *Error has code OK.
+func (e *Error) Code() Code {
+	if e == nil {
+		return OK
+	}
+	return e.code
+}
+
+// Message returns the human-readable message, without the code.
+func (e *Error) Message() string {
+	if e == nil || e.err == nil {
+		return ""
+	}
+	return e.err.Error()
+}
+
+// Error returns "Code: message", e.g. "InvalidArgument: target out of range".
+func (e *Error) Error() string {
+	msg := e.Message()
+	if msg == "" {
+		return e.code.String()
+	}
+	return e.code.String() + ": " + msg
+}
+
+// Unwrap returns the wrapped cause, if any.
+func (e *Error) Unwrap() error {
+	if e == nil {
+		return nil
+	}
+	return e.err
+}
+
+// Meta returns the error's metadata: on the server, user properties to send
+// with the error response; on the client, the user properties of the error
+// response. The map may be modified; it is never nil on a non-nil *Error.
+func (e *Error) Meta() Metadata {
+	if e.meta == nil {
+		e.meta = Metadata{}
+	}
+	return e.meta
+}
+
+// CodeOf returns the code of err: OK for nil, the code of an *Error found
+// with errors.As, Canceled or DeadlineExceeded for the context errors, and
+// Unknown for anything else.
+func CodeOf(err error) Code {
+	if err == nil {
+		return OK
+	}
+	var rpcErr *Error
+	if errors.As(err, &rpcErr) {
+		return rpcErr.Code()
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		return Canceled
+	}
+	return Unknown
+}
+
+// asError converts any error into an *Error following CodeOf.
+func asError(err error) *Error {
+	var rpcErr *Error
+	if errors.As(err, &rpcErr) {
+		return rpcErr
+	}
+	return &Error{code: CodeOf(err), err: err}
+}

@@ -1,0 +1,262 @@
+package rpc
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"time"
+
+	"github.com/mqttrpc/mqttrpc/codec"
+)
+
+// ConnOption configures a connection made with Dial.
+type ConnOption interface{ applyToConn(*connConfig) }
+
+// ClientOption configures a Client.
+type ClientOption interface{ applyToClient(*clientConfig) }
+
+// ServerOption configures a Server.
+type ServerOption interface{ applyToServer(*serverConfig) }
+
+// CallOption configures a call; it may be given to a stub (applies to every
+// call through it) or to one call.
+type CallOption interface{ applyToCall(*callConfig) }
+
+// ServiceOption configures one service registered on a Server.
+type ServiceOption interface{ applyToService(*serviceConfig) }
+
+// ClientServerOption is an option for both Clients and Servers.
+type ClientServerOption interface {
+	ClientOption
+	ServerOption
+}
+
+// Option is an option for connections, Clients and Servers.
+type Option interface {
+	ConnOption
+	ClientOption
+	ServerOption
+}
+
+// CallServiceOption is an option for calls and for services.
+type CallServiceOption interface {
+	CallOption
+	ServiceOption
+}
+
+type connOptionFunc func(*connConfig)
+
+func (f connOptionFunc) applyToConn(c *connConfig) { f(c) }
+
+type clientOptionFunc func(*clientConfig)
+
+func (f clientOptionFunc) applyToClient(c *clientConfig) { f(c) }
+
+type serverOptionFunc func(*serverConfig)
+
+func (f serverOptionFunc) applyToServer(c *serverConfig) { f(c) }
+
+type callOptionFunc func(*callConfig)
+
+func (f callOptionFunc) applyToCall(c *callConfig) { f(c) }
+
+// --- connection options ---
+
+// WithClientID sets the MQTT client identifier. It names the client's
+// response topic (mqttrpc/responses/<id>), so it must be a valid topic level
+// not starting with "_". Default: "mqttrpc-" and 13 random hex characters.
+func WithClientID(id string) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.clientID = id })
+}
+
+// WithCredentials sets the username and password sent in CONNECT. Default: none.
+func WithCredentials(username, password string) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.username, c.password = username, []byte(password) })
+}
+
+// WithTLSConfig sets the TLS configuration for mqtts://, tls://, ssl:// and
+// wss:// URLs. Default: the system roots and the URL's host name.
+func WithTLSConfig(cfg *tls.Config) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.tlsConfig = cfg })
+}
+
+// WithKeepAlive sets the MQTT keepalive, rounded down to whole seconds.
+// Default: 30 s.
+func WithKeepAlive(d time.Duration) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.keepAlive = uint16(min(d/time.Second, 65535)) })
+}
+
+// WithConnectTimeout bounds each connection attempt. Default: 10 s.
+func WithConnectTimeout(d time.Duration) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.connectTimeout = d })
+}
+
+// WithSessionExpiry asks the broker to keep the session (subscriptions and
+// queued QoS 1/2 messages) for d after the connection drops, so requests
+// and responses published during a short outage are delivered after the
+// reconnect. Default: 0, a clean session on every connection.
+func WithSessionExpiry(d time.Duration) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.sessionExpiry = uint32(min(d/time.Second, 1<<32-1)) })
+}
+
+// --- shared options ---
+
+type loggerOption struct{ logger *slog.Logger }
+
+func (o loggerOption) applyToConn(c *connConfig)     { c.logger = o.logger }
+func (o loggerOption) applyToClient(c *clientConfig) { c.logger = o.logger }
+func (o loggerOption) applyToServer(c *serverConfig) { c.logger = o.logger }
+
+// WithLogger sets the structured logger. Default: no logging. Payloads are
+// never logged.
+func WithLogger(l *slog.Logger) Option {
+	if l == nil {
+		l = discardLogger()
+	}
+	return loggerOption{l}
+}
+
+type interceptorsOption struct{ interceptors []Interceptor }
+
+func (o interceptorsOption) applyToClient(c *clientConfig) {
+	c.interceptors = append(c.interceptors, o.interceptors...)
+}
+
+func (o interceptorsOption) applyToServer(c *serverConfig) {
+	c.interceptors = append(c.interceptors, o.interceptors...)
+}
+
+// WithInterceptors adds interceptors; the first given runs first (outermost).
+func WithInterceptors(interceptors ...Interceptor) ClientServerOption {
+	return interceptorsOption{interceptors}
+}
+
+type defaultTimeoutOption struct{ d time.Duration }
+
+func (o defaultTimeoutOption) applyToClient(c *clientConfig) { c.defaultTimeout = o.d }
+func (o defaultTimeoutOption) applyToServer(c *serverConfig) { c.defaultTimeout = o.d }
+
+// WithDefaultTimeout sets the deadline of calls whose context has none
+// (client), or of requests that carry neither a MessageExpiryInterval nor
+// mqttrpc-timeout (server). Default: 10 s.
+func WithDefaultTimeout(d time.Duration) ClientServerOption {
+	return defaultTimeoutOption{d}
+}
+
+// --- server options ---
+
+// WithServerID sets the server's ID: it serves requests whose {target} is
+// this ID, and names itself in the mqttrpc-target response property. A
+// device uses its device ID. The ID may not start with "_".
+func WithServerID(id string) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.serverID = id })
+}
+
+// WithShareGroup makes the server a member of a shared-subscription group:
+// a call to target "_any" (ToAny) is served by exactly one member.
+func WithShareGroup(group string) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.shareGroup = group })
+}
+
+// WithGateway makes the server serve every target: it subscribes with "+" as
+// the target and the handler reads the target from Call.Target. A gateway
+// answers for the devices behind it.
+func WithGateway() ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.gateway = true })
+}
+
+// WithoutBroadcast stops a server with an ID from subscribing to broadcasts
+// (target "_all").
+func WithoutBroadcast() ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.noBroadcast = true })
+}
+
+// WithConcurrency sets how many handlers run at once. Default: 64.
+func WithConcurrency(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.concurrency = max(n, 1) })
+}
+
+// WithQueueSize sets how many requests wait when all handlers are busy;
+// past it a request is answered ResourceExhausted. Default: 256.
+func WithQueueSize(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.queueSize = max(n, 0) })
+}
+
+// WithMaxTimeout caps the deadline a caller may ask for. Default: 5 minutes.
+func WithMaxTimeout(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.maxTimeout = d })
+}
+
+// WithResponseTopicPolicy decides which response topics the server publishes
+// to. A request whose ResponseTopic fails the policy is dropped unanswered
+// and counted, so nobody can make the server publish on a topic of their
+// choosing. Default: ResponseTopicFilter("mqttrpc/responses/+").
+func WithResponseTopicPolicy(allow func(topic string) bool) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.responseTopicPolicy = allow })
+}
+
+// WithCodecs adds codecs to the protobuf and JSON ones, found by the
+// request's ContentType.
+func WithCodecs(codecs ...codec.Codec) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.codecs = append(c.codecs, codecs...) })
+}
+
+// --- call options ---
+
+// To addresses a call to the server with this ID (a device ID, an instance ID).
+func To(target string) CallOption {
+	return callOptionFunc(func(c *callConfig) { c.target = target })
+}
+
+// ToAny addresses a call to any one server of a share group (target "_any").
+func ToAny() CallOption {
+	return callOptionFunc(func(c *callConfig) { c.target = TargetAny })
+}
+
+// WithQoS sets the QoS of the request and its response. Default: the
+// method's, QoS 1 unless its proto says otherwise.
+func WithQoS(q QoS) CallOption {
+	return callOptionFunc(func(c *callConfig) { c.qos, c.qosSet = q, true })
+}
+
+// WithMetadata adds metadata to the request, sent as MQTT user properties.
+// Keys starting with "mqttrpc-" are reserved.
+func WithMetadata(md Metadata) CallOption {
+	return callOptionFunc(func(c *callConfig) {
+		for k, vs := range md {
+			c.metadata = append(c.metadata, metadataPair{k, vs})
+		}
+	})
+}
+
+// WithCodec sets the codec of the request; the server answers in the same
+// codec. Default: codec.Proto.
+func WithCodec(cd codec.Codec) CallOption {
+	return callOptionFunc(func(c *callConfig) { c.codec = cd })
+}
+
+// ResponseMetadata stores the response's metadata into *md when the call
+// returns, for errors too.
+func ResponseMetadata(md *Metadata) CallOption {
+	return callOptionFunc(func(c *callConfig) { c.responseMetadata = md })
+}
+
+type tokenOption struct{ name, value string }
+
+func (o tokenOption) applyToCall(c *callConfig) {
+	c.tokens = append(c.tokens, o)
+}
+
+func (o tokenOption) applyToService(c *serviceConfig) {
+	if c.tokens == nil {
+		c.tokens = map[string]string{}
+	}
+	c.tokens[o.name] = o.value
+}
+
+// WithToken sets the value of a custom topic token such as {site}. On a
+// call it is required for every custom token of the method's template; on a
+// registered service it narrows the subscription to that value (without it
+// the server subscribes with "+" and the handler reads Call.Token).
+func WithToken(name, value string) CallServiceOption {
+	return tokenOption{name, value}
+}
