@@ -3,6 +3,7 @@ module github.com/mqttrpc/mqttrpc
 go 1.26
 
 require (
+	github.com/bufbuild/protocompile v0.14.1 // indirect
 	github.com/eclipse/paho.golang v0.23.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/gorilla/websocket v1.5.3 // indirect
@@ -10,6 +11,7 @@ require (
 	github.com/rs/xid v1.4.0 // indirect
 	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/net v0.43.0 // indirect
+	golang.org/x/sync v0.8.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 

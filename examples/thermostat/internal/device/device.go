@@ -1,0 +1,87 @@
+// Package device is a simulated thermostat that serves the Thermostat
+// service, shared by the thermostat examples.
+package device
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+
+	"github.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1"
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// Target temperatures a thermostat accepts, in °C.
+const (
+	MinCelsius = 5
+	MaxCelsius = 35
+)
+
+// Thermostat implements thermostatv1.ThermostatServer for one device.
+type Thermostat struct {
+	thermostatv1.UnimplementedThermostatServer
+
+	id string
+
+	mu       sync.Mutex
+	celsius  float64
+	humidity float64
+	target   float64
+}
+
+// New returns a thermostat whose starting reading is derived from its ID,
+// so that every run prints the same values.
+func New(id string) *Thermostat {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	n := h.Sum32()
+	return &Thermostat{
+		id:       id,
+		celsius:  18 + float64(n%50)/10,
+		humidity: 35 + float64(n/50%200)/10,
+		target:   20,
+	}
+}
+
+// GetReading implements thermostatv1.ThermostatServer.
+func (t *Thermostat) GetReading(ctx context.Context, _ *thermostatv1.GetReadingRequest) (*thermostatv1.Reading, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return &thermostatv1.Reading{
+		DeviceId:      t.id,
+		Celsius:       t.celsius,
+		Humidity:      t.humidity,
+		TargetCelsius: t.target,
+	}, nil
+}
+
+// SetTarget implements thermostatv1.ThermostatServer.
+func (t *Thermostat) SetTarget(ctx context.Context, req *thermostatv1.SetTargetRequest) (*thermostatv1.SetTargetResponse, error) {
+	c := req.GetCelsius()
+	if !(c >= MinCelsius && c <= MaxCelsius) { // also refuses NaN
+		return nil, rpc.Errorf(rpc.InvalidArgument, "target %.1f °C is outside [%d, %d] °C", c, MinCelsius, MaxCelsius)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	previous := t.target
+	t.target = c
+	return &thermostatv1.SetTargetResponse{PreviousCelsius: previous}, nil
+}
+
+// Serve connects to the broker as device id and serves the Thermostat
+// service until Shutdown is called on the returned server. The caller closes
+// the returned connection after shutting the server down.
+func Serve(ctx context.Context, brokerURL, id string, opts ...rpc.ServerOption) (*rpc.Server, *rpc.Conn, error) {
+	conn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID(id))
+	if err != nil {
+		return nil, nil, fmt.Errorf("device %s: %w", id, err)
+	}
+	srv := rpc.NewServer(conn, append([]rpc.ServerOption{rpc.WithServerID(id)}, opts...)...)
+	thermostatv1.RegisterThermostatServer(srv, New(id))
+	if err := srv.Start(ctx); err != nil {
+		_ = conn.Close(context.Background())
+		return nil, nil, fmt.Errorf("device %s: %w", id, err)
+	}
+	return srv, conn, nil
+}

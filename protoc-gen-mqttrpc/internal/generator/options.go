@@ -1,0 +1,118 @@
+package generator
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/compiler/protogen"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	mqttrpcv1 "github.com/mqttrpc/mqttrpc/proto/mqttrpc/v1"
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// methodSpec is a unary method with its options resolved: method option over
+// service option over the defaults.
+type methodSpec struct {
+	method *protogen.Method
+	// topicTemplate is "" when neither the method nor the service sets one,
+	// so that generated code names rpc.DefaultTopicTemplate.
+	topicTemplate string
+	qos           rpc.QoS
+	idempotency   rpc.Idempotency
+}
+
+// resolveService checks that every method of service can be generated and
+// resolves its options. Errors name the .proto file, the service and the
+// method, since protoc shows them without context.
+func resolveService(file *protogen.File, service *protogen.Service) ([]methodSpec, error) {
+	where := fmt.Sprintf("%s: service %s", file.Desc.Path(), service.Desc.FullName())
+	serviceOpts, _ := proto.GetExtension(service.Desc.Options(), mqttrpcv1.E_Service).(*mqttrpcv1.ServiceOptions)
+	if t := serviceOpts.GetTopicTemplate(); t != "" {
+		if _, err := rpc.ParseTopicTemplate(t); err != nil {
+			return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.service).topic_template: %v", where, err)
+		}
+	}
+	serviceQoS, err := qosOf(serviceOpts.GetQos())
+	if err != nil {
+		return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.service).qos: %v", where, err)
+	}
+
+	specs := make([]methodSpec, 0, len(service.Methods))
+	for _, method := range service.Methods {
+		where := fmt.Sprintf("%s, method %s", where, method.Desc.Name())
+		if kind := streamingKind(method); kind != "" {
+			return nil, fmt.Errorf("%s is %s: streaming is not supported yet, only unary methods", where, kind)
+		}
+		methodOpts, _ := proto.GetExtension(method.Desc.Options(), mqttrpcv1.E_Method).(*mqttrpcv1.MethodOptions)
+		spec := methodSpec{
+			method:        method,
+			topicTemplate: serviceOpts.GetTopicTemplate(),
+			qos:           serviceQoS,
+			idempotency:   idempotencyOf(method),
+		}
+		if t := methodOpts.GetTopicTemplate(); t != "" {
+			if _, err := rpc.ParseTopicTemplate(t); err != nil {
+				return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.method).topic_template: %v", where, err)
+			}
+			spec.topicTemplate = t
+		}
+		if q := methodOpts.GetQos(); q != mqttrpcv1.Qos_QOS_UNSPECIFIED {
+			if spec.qos, err = qosOf(q); err != nil {
+				return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.method).qos: %v", where, err)
+			}
+		}
+		specs = append(specs, spec)
+	}
+	return specs, nil
+}
+
+// qosOf maps the option's enum to an MQTT QoS; unspecified means QoS 1.
+func qosOf(q mqttrpcv1.Qos) (rpc.QoS, error) {
+	switch q {
+	case mqttrpcv1.Qos_QOS_UNSPECIFIED, mqttrpcv1.Qos_QOS_AT_LEAST_ONCE:
+		return rpc.QoS1, nil
+	case mqttrpcv1.Qos_QOS_AT_MOST_ONCE:
+		return rpc.QoS0, nil
+	case mqttrpcv1.Qos_QOS_EXACTLY_ONCE:
+		return rpc.QoS2, nil
+	}
+	// An enum value from a newer options.proto than this generator knows.
+	return 0, fmt.Errorf("unknown value %d", q)
+}
+
+// idempotencyOf reads the standard idempotency_level option.
+func idempotencyOf(method *protogen.Method) rpc.Idempotency {
+	opts, _ := method.Desc.Options().(*descriptorpb.MethodOptions)
+	switch opts.GetIdempotencyLevel() {
+	case descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
+		return rpc.NoSideEffects
+	case descriptorpb.MethodOptions_IDEMPOTENT:
+		return rpc.Idempotent
+	}
+	return rpc.IdempotencyUnknown
+}
+
+// streamingKind describes a streaming method, or returns "" for a unary one.
+func streamingKind(method *protogen.Method) string {
+	client, server := method.Desc.IsStreamingClient(), method.Desc.IsStreamingServer()
+	switch {
+	case client && server:
+		return "bidirectional-streaming"
+	case client:
+		return "client-streaming"
+	case server:
+		return "server-streaming"
+	}
+	return ""
+}
+
+func isDeprecatedService(service *protogen.Service) bool {
+	opts, _ := service.Desc.Options().(*descriptorpb.ServiceOptions)
+	return opts.GetDeprecated()
+}
+
+func isDeprecatedMethod(method *protogen.Method) bool {
+	opts, _ := method.Desc.Options().(*descriptorpb.MethodOptions)
+	return opts.GetDeprecated()
+}
