@@ -96,7 +96,7 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 		ConnectPassword:               cfg.password,
 		ClientConfig:                  paho.ClientConfig{ClientID: cfg.clientID},
 	}
-	c, err := newConn(ctx, apCfg, cfg.logger, true)
+	c, err := newConn(apCfg, cfg.logger, true)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 // mqttrpc cannot attach to a manager that was started elsewhere, because
 // autopaho forgets handlers added with AddOnPublishReceived at the next
 // reconnect.
-func NewConnection(ctx context.Context, cfg autopaho.ClientConfig, opts ...ConnOption) (*Conn, error) {
+func NewConnection(_ context.Context, cfg autopaho.ClientConfig, opts ...ConnOption) (*Conn, error) {
 	cc := connConfig{logger: discardLogger()}
 	for _, o := range opts {
 		o.applyToConn(&cc)
@@ -126,10 +126,13 @@ func NewConnection(ctx context.Context, cfg autopaho.ClientConfig, opts ...ConnO
 	if err := checkID("client ID", cfg.ClientID); err != nil {
 		return nil, err
 	}
-	return newConn(ctx, cfg, cc.logger, false)
+	return newConn(cfg, cc.logger, false)
 }
 
-func newConn(ctx context.Context, cfg autopaho.ClientConfig, logger *slog.Logger, owned bool) (*Conn, error) {
+// newConn starts the connection manager. Its lifetime is the Conn's, not
+// that of any caller's context: autopaho stops for good when the context
+// given to NewConnection ends.
+func newConn(cfg autopaho.ClientConfig, logger *slog.Logger, owned bool) (*Conn, error) {
 	c := &Conn{
 		clientID: cfg.ClientID,
 		owned:    owned,
@@ -164,7 +167,7 @@ func newConn(ctx context.Context, cfg autopaho.ClientConfig, logger *slog.Logger
 	}
 	cfg.OnPublishReceived = append([]func(paho.PublishReceived) (bool, error){c.route}, cfg.OnPublishReceived...)
 
-	cm, err := autopaho.NewConnection(ctx, cfg)
+	cm, err := autopaho.NewConnection(c.ctx, cfg)
 	if err != nil {
 		c.cancel()
 		return nil, Errorf(InvalidArgument, "connection config: %w", err)

@@ -1,0 +1,54 @@
+// Command device runs one simulated thermostat that serves the Thermostat
+// service on a broker until SIGINT or SIGTERM, then shuts down gracefully.
+//
+//	go run ./examples/thermostat/device -broker mqtt://127.0.0.1:1883 -id dev-7
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mqttrpc/mqttrpc/examples/thermostat/internal/device"
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+func main() {
+	brokerURL := flag.String("broker", "mqtt://127.0.0.1:1883", "broker URL")
+	id := flag.String("id", "dev-7", "device ID: the {target} callers address")
+	verbose := flag.Bool("v", false, "log dropped and rejected requests")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var opts []rpc.ServerOption
+	if *verbose {
+		opts = append(opts, rpc.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	}
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	srv, conn, err := device.Serve(startCtx, *brokerURL, *id, opts...)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "device:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("device %s serving on %s; Ctrl-C to stop\n", *id, *brokerURL)
+	<-ctx.Done()
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = srv.Shutdown(shutdownCtx)
+	if cerr := conn.Close(shutdownCtx); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "device: shutdown:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("device %s stopped\n", *id)
+}
