@@ -35,6 +35,7 @@ type Client struct {
 	responseTopic string
 	interceptors  []Interceptor
 	timeout       time.Duration
+	retry         RetryPolicy
 	logger        *slog.Logger
 	removeRoute   func()
 
@@ -49,6 +50,7 @@ type Client struct {
 type clientConfig struct {
 	interceptors   []Interceptor
 	defaultTimeout time.Duration
+	retry          RetryPolicy
 	logger         *slog.Logger
 }
 
@@ -64,6 +66,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		responseTopic: DefaultResponsePrefix + conn.clientID,
 		interceptors:  cfg.interceptors,
 		timeout:       cfg.defaultTimeout,
+		retry:         cfg.retry,
 		logger:        cfg.logger,
 		pending:       map[[16]byte]chan *paho.Publish{},
 	}
@@ -275,13 +278,6 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 		return Errorf(Internal, "encoding the request: %w", err)
 	}
 
-	if err := c.conn.waitReady(ctx); err != nil {
-		return err
-	}
-	if err := c.ensureSubscribed(ctx); err != nil {
-		return err
-	}
-
 	id, err := uuid.NewV7()
 	if err != nil {
 		return Errorf(Internal, "making a correlation ID: %w", err)
@@ -296,18 +292,32 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	c.mu.Unlock()
 	defer c.forget(id)
 	props.CorrelationData = id[:]
+	timeoutProp := len(props.User)
+	props.User = append(props.User, paho.UserProperty{Key: propTimeout})
 
-	deadline, _ := ctx.Deadline()
-	left := time.Until(deadline)
-	if left <= 0 {
-		return Errorf(DeadlineExceeded, "deadline exceeded before the request was sent")
-	}
-	expiry := expirySeconds(left)
-	props.MessageExpiry = &expiry
-	props.User = append(props.User, paho.UserProperty{Key: propTimeout, Value: strconv.FormatInt(max(left.Milliseconds(), 1), 10)})
-
-	if err := c.conn.publish(ctx, &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}); err != nil {
-		return err
+	for attempt := 1; ; attempt++ {
+		err := c.publishRequest(ctx, &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}, timeoutProp)
+		if err == nil {
+			break
+		}
+		// Unavailable before the broker took the request (no connection,
+		// a failed publish, no subscriber): republishing with the same
+		// correlation data cannot run the handler twice.
+		if CodeOf(err) != Unavailable || attempt >= c.retry.MaxAttempts {
+			return err
+		}
+		backoff := c.retry.backoff(attempt)
+		deadline, _ := ctx.Deadline()
+		if time.Until(deadline) <= backoff {
+			return Errorf(Unavailable, "%s (gave up after %d attempts: the deadline comes before the next)", asError(err).Message(), attempt)
+		}
+		timer := time.NewTimer(backoff)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return contextError(ctx.Err(), "waiting to retry")
+		}
 	}
 	select {
 	case p, ok := <-ch:
@@ -321,6 +331,26 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 		}
 		return Errorf(Canceled, "call canceled")
 	}
+}
+
+// publishRequest waits for the connection and publishes one attempt, with
+// expiry and mqttrpc-timeout set from what is left of the deadline.
+func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutProp int) error {
+	if err := c.conn.waitReady(ctx); err != nil {
+		return err
+	}
+	if err := c.ensureSubscribed(ctx); err != nil {
+		return err
+	}
+	deadline, _ := ctx.Deadline()
+	left := time.Until(deadline)
+	if left <= 0 {
+		return Errorf(DeadlineExceeded, "deadline exceeded before the request was sent")
+	}
+	expiry := expirySeconds(left)
+	p.Properties.MessageExpiry = &expiry
+	p.Properties.User[timeoutProp].Value = strconv.FormatInt(max(left.Milliseconds(), 1), 10)
+	return c.conn.publish(ctx, p)
 }
 
 var payloadFormatUTF8 byte = 1

@@ -142,6 +142,41 @@ func WithDefaultTimeout(d time.Duration) ClientServerOption {
 	return defaultTimeoutOption{d}
 }
 
+// RetryPolicy says how a client republishes a request that could not be
+// delivered: not connected, the publish failed, or the broker reported no
+// matching subscribers. Such a request never reached a server, and a retry
+// reuses its CorrelationData, so retrying cannot run a handler twice.
+// Retries stop at the call's deadline.
+type RetryPolicy struct {
+	// MaxAttempts counts the first attempt; 0 or 1 means no retry.
+	MaxAttempts int
+	// InitialBackoff is the wait before the second attempt; it doubles up
+	// to MaxBackoff. Defaults: 50 ms and 2 s.
+	InitialBackoff time.Duration
+	// MaxBackoff caps the wait between attempts.
+	MaxBackoff time.Duration
+}
+
+func (p RetryPolicy) backoff(attempt int) time.Duration {
+	d, limit := p.InitialBackoff, p.MaxBackoff
+	if d <= 0 {
+		d = 50 * time.Millisecond
+	}
+	if limit <= 0 {
+		limit = 2 * time.Second
+	}
+	for i := 1; i < attempt && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// WithRetry sets the client's retry policy. Default: no retries, so that a
+// call to a target nobody serves fails at once.
+func WithRetry(p RetryPolicy) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.retry = p })
+}
+
 // --- server options ---
 
 // WithServerID sets the server's ID: it serves requests whose {target} is
@@ -198,6 +233,13 @@ func WithResponseTopicPolicy(allow func(topic string) bool) ServerOption {
 // request's ContentType.
 func WithCodecs(codecs ...codec.Codec) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.codecs = append(c.codecs, codecs...) })
+}
+
+// WithDedupLimits bounds the cache that keeps a request from running twice
+// (entries live until the request's deadline). Default: 10,000 entries and
+// 16 MiB.
+func WithDedupLimits(entries, bytes int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.dedupEntries, c.dedupBytes = max(entries, 1), max(bytes, 1) })
 }
 
 // --- call options ---

@@ -33,14 +33,15 @@ type Server struct {
 	baseCtx  context.Context // parent of handler contexts; cancelled when Shutdown gives up
 	stopAll  context.CancelFunc
 	rejectCh chan struct{} // bounds goroutines that answer rejected requests
+	dedup    *dedupCache
 
 	mu          sync.Mutex
 	services    []*service
 	started     bool
 	stopping    bool
 	removeRoute func()
-	running     int        // handler goroutines
-	queue       []*request // waiting requests, FIFO
+	running     int            // handler goroutines
+	queue       []*request     // waiting requests, FIFO
 	workers     sync.WaitGroup // handler goroutines; Add only while !stopping
 	closed      bool           // no more rejections either
 	rejecters   sync.WaitGroup // Add only while !closed
@@ -59,6 +60,8 @@ type serverConfig struct {
 	codecs              []codec.Codec
 	interceptors        []Interceptor
 	logger              *slog.Logger
+	dedupEntries        int
+	dedupBytes          int
 }
 
 type serviceConfig struct {
@@ -86,6 +89,7 @@ type request struct {
 	values   topicValues
 	publish  *paho.Publish
 	deadline time.Time
+	dedupKey string // "" when the request has no CorrelationData
 }
 
 // NewServer returns a Server on conn. Register services, then Start it.
@@ -97,6 +101,8 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		maxTimeout:          5 * time.Minute,
 		responseTopicPolicy: ResponseTopicFilter(DefaultResponsePrefix + "+"),
 		logger:              conn.logger,
+		dedupEntries:        10000,
+		dedupBytes:          16 << 20,
 	}
 	for _, o := range opts {
 		o.applyToServer(&cfg)
@@ -106,6 +112,7 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		cfg:      cfg,
 		codecs:   codec.NewRegistry(cfg.codecs...),
 		rejectCh: make(chan struct{}, 16),
+		dedup:    newDedupCache(cfg.dedupEntries, cfg.dedupBytes),
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
 	return s
@@ -334,6 +341,25 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 		s.drop(DropExpired, p.Topic, "request expired before it arrived")
 		return true
 	}
+	if len(props.CorrelationData) > 0 {
+		req.dedupKey = dedupKey(props.ResponseTopic, props.CorrelationData)
+		state, cached := s.dedup.begin(req.dedupKey, req.deadline, arrival)
+		switch state {
+		case dedupRunning:
+			// The original's answer goes to the same topic with the same
+			// correlation data: it answers this copy too.
+			s.stats.add(DropDuplicate)
+			return true
+		case dedupDone:
+			s.stats.add(DropDuplicate)
+			if cached != nil {
+				s.mu.Lock()
+				s.answerAsync(req, func(ctx context.Context) { s.publishResponse(ctx, cached, req.deadline) })
+				s.mu.Unlock()
+			}
+			return true
+		}
+	}
 
 	s.mu.Lock()
 	switch {
@@ -410,6 +436,9 @@ func (s *Server) serve(req *request) {
 	p := req.publish
 	if time.Now().After(req.deadline) {
 		s.drop(DropExpired, p.Topic, "request expired while queued")
+		if req.dedupKey != "" {
+			s.dedup.forget(req.dedupKey)
+		}
 		return
 	}
 	ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
@@ -468,18 +497,36 @@ func (s *Server) runHandler(ctx context.Context, m *method, msg any) (resp any, 
 	return m.call(ctx, msg)
 }
 
-// reject answers a request that will not be served, without blocking the
-// receive goroutine; when too many answers are already on their way the
-// request is dropped unanswered. s.mu is held.
+// reject answers a request that will not be served. s.mu is held.
 func (s *Server) reject(req *request, reason DropReason, err *Error) {
 	s.stats.add(reason)
+	if req.dedupKey != "" {
+		s.dedup.forget(req.dedupKey) // not executed: a retry deserves its chance
+		unkept := *req
+		unkept.dedupKey = ""
+		req = &unkept
+	}
+	s.answerAsync(req, func(ctx context.Context) {
+		call := &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: req.publish.Topic}
+		cd, ok := s.codecs.Lookup(req.publish.Properties.ContentType)
+		if !ok {
+			cd = codec.Proto
+		}
+		s.respond(ctx, req, call, cd, nil, err)
+	})
+}
+
+// answerAsync publishes an answer without blocking the receive goroutine;
+// when too many answers are already on their way the request is dropped
+// unanswered. s.mu is held.
+func (s *Server) answerAsync(req *request, answer func(ctx context.Context)) {
 	if s.closed {
 		return
 	}
 	select {
 	case s.rejectCh <- struct{}{}:
 	default:
-		s.cfg.logger.Warn("mqttrpc: request dropped unanswered", "reason", reason.String(), "topic", req.publish.Topic, "detail", "too many rejections in flight")
+		s.cfg.logger.Warn("mqttrpc: request dropped unanswered", "topic", req.publish.Topic, "detail", "too many early answers in flight")
 		return
 	}
 	s.rejecters.Add(1)
@@ -488,24 +535,33 @@ func (s *Server) reject(req *request, reason DropReason, err *Error) {
 		defer func() { <-s.rejectCh }()
 		ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
 		defer cancel()
-		call := &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: req.publish.Topic}
-		cd, ok := s.codecs.Lookup(req.publish.Properties.ContentType)
-		if !ok {
-			cd = codec.Proto
-		}
-		s.respond(ctx, req, call, cd, nil, err)
+		answer(ctx)
 	}()
 }
 
 // respond publishes the answer: the response message on success, the code
-// and message on error.
+// and message on error. The answer is kept for duplicates of the request.
 func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec.Codec, resp any, handlerErr error) {
 	p := req.publish
-	left := time.Until(req.deadline)
-	if left <= 0 {
+	cr := s.buildResponse(req, call, cd, resp, handlerErr)
+	if req.dedupKey != "" {
+		s.dedup.finish(req.dedupKey, cr)
+	}
+	if time.Until(req.deadline) <= 0 {
 		s.drop(DropExpired, p.Topic, "the call's deadline passed before the answer was ready")
 		return
 	}
+	if err := s.publishResponse(ctx, cr, req.deadline); err != nil {
+		s.stats.add(DropResponseFailed)
+		s.cfg.logger.Warn("mqttrpc: publishing the response failed", "topic", p.Topic, "response_topic", cr.topic, "error", err)
+		return
+	}
+	s.stats.add(statServed)
+}
+
+// buildResponse encodes an answer.
+func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp any, handlerErr error) *cachedResponse {
+	p := req.publish
 	var payload []byte
 	if handlerErr == nil {
 		var err error
@@ -517,12 +573,12 @@ func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec
 	if target == "" || s.cfg.gateway {
 		target = req.values.target
 	}
-	user := make(paho.UserProperties, 0, 3+len(call.respMeta))
-	user = append(user, paho.UserProperty{Key: propStatus, Value: "0"}, paho.UserProperty{Key: propTarget, Value: target})
+	user := make([]userProperty, 0, 3+len(call.respMeta))
+	user = append(user, userProperty{propStatus, "0"}, userProperty{propTarget, target})
 	if handlerErr != nil {
 		rpcErr := asError(handlerErr)
-		user[0].Value = strconv.FormatUint(uint64(rpcErr.Code()), 10)
-		user = append(user, paho.UserProperty{Key: propMessage, Value: rpcErr.Message()})
+		user[0].value = strconv.FormatUint(uint64(rpcErr.Code()), 10)
+		user = append(user, userProperty{propMessage, rpcErr.Message()})
 		for k, vs := range rpcErr.meta {
 			call.ResponseMetadata()[k] = append(call.ResponseMetadata()[k], vs...)
 		}
@@ -533,26 +589,43 @@ func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec
 			continue
 		}
 		for _, v := range vs {
-			user = append(user, paho.UserProperty{Key: k, Value: v})
+			user = append(user, userProperty{k, v})
 		}
 	}
+	return &cachedResponse{
+		qos:   p.QoS,
+		topic: p.Properties.ResponseTopic,
+		properties: responseProperties{
+			correlationData: p.Properties.CorrelationData,
+			contentType:     cd.ContentType(),
+			user:            user,
+		},
+		payload: payload,
+	}
+}
+
+// publishResponse publishes an answer with what is left of deadline as its
+// expiry.
+func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadline time.Time) error {
+	left := time.Until(deadline)
+	if left <= 0 {
+		return nil
+	}
 	expiry := expirySeconds(left)
+	user := make(paho.UserProperties, len(cr.properties.user))
+	for i, u := range cr.properties.user {
+		user[i] = paho.UserProperty{Key: u.key, Value: u.value}
+	}
 	props := &paho.PublishProperties{
-		CorrelationData: p.Properties.CorrelationData,
-		ContentType:     cd.ContentType(),
+		CorrelationData: cr.properties.correlationData,
+		ContentType:     cr.properties.contentType,
 		MessageExpiry:   &expiry,
 		User:            user,
 	}
-	if cd.ContentType() == codec.ContentTypeJSON {
+	if cr.properties.contentType == codec.ContentTypeJSON {
 		props.PayloadFormat = &payloadFormatUTF8
 	}
-	err := s.conn.publish(ctx, &paho.Publish{QoS: p.QoS, Topic: p.Properties.ResponseTopic, Properties: props, Payload: payload})
-	if err != nil {
-		s.stats.add(DropResponseFailed)
-		s.cfg.logger.Warn("mqttrpc: publishing the response failed", "topic", p.Topic, "response_topic", p.Properties.ResponseTopic, "error", err)
-		return
-	}
-	s.stats.add(statServed)
+	return s.conn.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
 }
 
 func (s *Server) drop(reason DropReason, topic, detail string) {
@@ -634,11 +707,15 @@ const (
 	// DropShuttingDown: the server was shutting down (answered Unavailable
 	// when possible).
 	DropShuttingDown
+	// DropDuplicate: a duplicate of a request that already ran or is running
+	// (QoS 1 redelivery, client retry); it was not executed again, and got
+	// the original's answer.
+	DropDuplicate
 	numDropReasons
 	statServed = numDropReasons
 )
 
-var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down"}
+var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate"}
 
 // String returns the reason as a snake_case word, for logs and metrics.
 func (r DropReason) String() string {

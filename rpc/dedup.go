@@ -1,0 +1,152 @@
+package rpc
+
+import (
+	"container/list"
+	"sync"
+	"time"
+)
+
+// dedupCache makes sure that a request is executed once, however often it is
+// delivered: QoS 1 redeliveries and client retries carry the same
+// (ResponseTopic, CorrelationData). An entry lives until the request's
+// deadline. The cache is bounded in entries and bytes; past a bound the
+// oldest entries go first, so under extreme load a very late duplicate may
+// run again rather than memory growing without end.
+type dedupCache struct {
+	maxEntries int
+	maxBytes   int
+
+	mu      sync.Mutex
+	entries map[string]*list.Element // of *dedupEntry
+	order   list.List                // oldest first
+	bytes   int
+}
+
+type dedupEntry struct {
+	key      string
+	expires  time.Time
+	done     bool
+	response *cachedResponse // set when done and the answer was published
+	size     int
+}
+
+// cachedResponse is an answer kept to be sent again to a duplicate.
+type cachedResponse struct {
+	qos        byte
+	topic      string
+	properties responseProperties
+	payload    []byte
+}
+
+// responseProperties are the parts of a response's properties that do not
+// depend on when it is sent.
+type responseProperties struct {
+	correlationData []byte
+	contentType     string
+	user            []userProperty
+}
+
+type userProperty struct{ key, value string }
+
+// dedupState says what to do with a request.
+type dedupState int
+
+const (
+	dedupNew     dedupState = iota // execute it
+	dedupRunning                   // the original is running: its answer serves both
+	dedupDone                      // already answered: send the cached answer again
+)
+
+func newDedupCache(maxEntries, maxBytes int) *dedupCache {
+	return &dedupCache{maxEntries: maxEntries, maxBytes: maxBytes, entries: map[string]*list.Element{}}
+}
+
+// dedupKey identifies a call. The NUL cannot occur in a topic.
+func dedupKey(responseTopic string, correlationData []byte) string {
+	return responseTopic + "\x00" + string(correlationData)
+}
+
+// begin records a request that arrived with key and deadline. For a
+// duplicate it returns the state of the original and, when done, its answer.
+func (c *dedupCache) begin(key string, deadline, now time.Time) (dedupState, *cachedResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[key]; ok {
+		e := el.Value.(*dedupEntry)
+		if now.Before(e.expires) {
+			if !e.done {
+				return dedupRunning, nil
+			}
+			return dedupDone, e.response
+		}
+		c.remove(el)
+	}
+	e := &dedupEntry{key: key, expires: deadline, size: len(key) + entryOverhead}
+	c.entries[key] = c.order.PushBack(e)
+	c.bytes += e.size
+	c.evict(now)
+	return dedupNew, nil
+}
+
+// entryOverhead approximates the bookkeeping bytes of an entry.
+const entryOverhead = 128
+
+// finish stores the answer of key's request (nil if none was published).
+func (c *dedupCache) finish(key string, resp *cachedResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[key]
+	if !ok {
+		return // evicted meanwhile
+	}
+	e := el.Value.(*dedupEntry)
+	e.done = true
+	if resp != nil {
+		e.response = resp
+		grow := len(resp.payload) + len(resp.topic) + len(resp.properties.correlationData) + len(resp.properties.contentType)
+		for _, u := range resp.properties.user {
+			grow += len(u.key) + len(u.value)
+		}
+		e.size += grow
+		c.bytes += grow
+	}
+	c.evict(time.Time{})
+}
+
+// forget removes key: its request was not executed (rejected, expired
+// unanswered), so a retry deserves a fresh chance.
+func (c *dedupCache) forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[key]; ok {
+		c.remove(el)
+	}
+}
+
+// evict drops expired entries from the front and the oldest ones while over
+// a bound. A zero now skips the expiry check.
+func (c *dedupCache) evict(now time.Time) {
+	for el := c.order.Front(); el != nil; el = c.order.Front() {
+		e := el.Value.(*dedupEntry)
+		over := c.order.Len() > c.maxEntries || c.bytes > c.maxBytes
+		expired := !now.IsZero() && !now.Before(e.expires)
+		if !over && !expired {
+			return
+		}
+		c.remove(el)
+	}
+}
+
+func (c *dedupCache) remove(el *list.Element) {
+	e := el.Value.(*dedupEntry)
+	c.order.Remove(el)
+	delete(c.entries, e.key)
+	c.bytes -= e.size
+}
+
+// len returns the number of entries.
+func (c *dedupCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.order.Len()
+}

@@ -1,0 +1,161 @@
+package rpc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
+	"github.com/mqttrpc/mqttrpc/rpc"
+	"github.com/mqttrpc/mqttrpc/testbroker"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// echoService is a hand-written service, as generated code would declare it:
+// one method, Echo, whose behaviour each test chooses.
+type echoService struct {
+	calls  atomic.Int64
+	handle func(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error)
+}
+
+func (s *echoService) Echo(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+	s.calls.Add(1)
+	if s.handle != nil {
+		return s.handle(ctx, in)
+	}
+	return wrapperspb.String(in.GetValue()), nil
+}
+
+type echoServer interface {
+	Echo(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error)
+}
+
+const echoServiceName = "test.v1.EchoService"
+
+var echoDesc = rpc.ServiceDesc{
+	ServiceName: echoServiceName,
+	HandlerType: (*echoServer)(nil),
+	Methods: []rpc.MethodDesc{{
+		MethodName: "Echo",
+		QoS:        rpc.QoS1,
+		NewRequest: func() any { return new(wrapperspb.StringValue) },
+		Handler: func(srv any, ctx context.Context, req any) (any, error) {
+			return srv.(echoServer).Echo(ctx, req.(*wrapperspb.StringValue))
+		},
+	}},
+}
+
+// broker is a broker under test: testbroker or Mosquitto.
+type broker struct {
+	name string
+	url  string
+	tb   *testbroker.Broker    // nil for Mosquitto
+	mq   *mosquittotest.Broker // nil for testbroker
+}
+
+// eachBroker runs f against testbroker and against Mosquitto (skipped when
+// Mosquitto is not installed, unless MQTTRPC_REQUIRE_MOSQUITTO=1).
+func eachBroker(t *testing.T, f func(t *testing.T, b *broker)) {
+	t.Helper()
+	t.Run("testbroker", func(t *testing.T) {
+		t.Parallel()
+		tb := testbroker.Start(t)
+		f(t, &broker{name: "testbroker", url: tb.URL(), tb: tb})
+	})
+	t.Run("mosquitto", func(t *testing.T) {
+		t.Parallel()
+		mq := mosquittotest.Start(t)
+		f(t, &broker{name: "mosquitto", url: mq.URL(), mq: mq})
+	})
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var idSeq atomic.Int64
+
+func uniqueID(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, idSeq.Add(1))
+}
+
+// dial connects to the broker and closes the connection at cleanup.
+func dial(t *testing.T, url string, opts ...rpc.ConnOption) *rpc.Conn {
+	t.Helper()
+	conn, err := rpc.Dial(testCtx(t), url, opts...)
+	if err != nil {
+		t.Fatalf("Dial(%s): %v", url, err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+// newClient dials and returns a client, closed at cleanup.
+func newClient(t *testing.T, url string, opts ...rpc.ClientOption) *rpc.Client {
+	t.Helper()
+	c := rpc.NewClient(dial(t, url, rpc.WithClientID(uniqueID("caller"))), opts...)
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// startServer dials, registers svc and starts serving; it shuts down at
+// cleanup.
+func startServer(t *testing.T, url string, svc *echoService, opts ...rpc.ServerOption) *rpc.Server {
+	t.Helper()
+	conn := dial(t, url, rpc.WithClientID(uniqueID("server")))
+	srv := rpc.NewServer(conn, opts...)
+	srv.RegisterService(&echoDesc, svc)
+	if err := srv.Start(testCtx(t)); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Shutdown(context.Background()); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return srv
+}
+
+// echo calls Echo with value.
+func echo(ctx context.Context, c *rpc.Client, value string, opts ...rpc.CallOption) (string, error) {
+	out := new(wrapperspb.StringValue)
+	err := c.Call(ctx, echoServiceName, "Echo", wrapperspb.String(value), out, opts...)
+	return out.GetValue(), err
+}
+
+// wantCode fails unless err is an *rpc.Error with code want.
+func wantCode(t *testing.T, err error, want rpc.Code) *rpc.Error {
+	t.Helper()
+	var rpcErr *rpc.Error
+	if !errors.As(err, &rpcErr) {
+		t.Fatalf("error = %v (%T), want an *rpc.Error with code %v", err, err, want)
+	}
+	if rpcErr.Code() != want {
+		t.Fatalf("code = %v (%v), want %v", rpcErr.Code(), err, want)
+	}
+	return rpcErr
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func newTestbroker(t *testing.T) *broker {
+	tb := testbroker.Start(t)
+	return &broker{name: "testbroker", url: tb.URL(), tb: tb}
+}
+
+func newMosquitto(t *testing.T) *broker {
+	mq := mosquittotest.Start(t)
+	return &broker{name: "mosquitto", url: mq.URL(), mq: mq}
+}

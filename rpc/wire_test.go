@@ -1,0 +1,175 @@
+package rpc_test
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// rawClient is a bare paho client that knows nothing of mqttrpc: it speaks
+// the protocol as docs/protocol.md describes it.
+type rawClient struct {
+	*paho.Client
+	received chan *paho.Publish
+}
+
+func newRawClient(t *testing.T, brokerURL, clientID string) *rawClient {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(brokerURL, "mqtt://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &rawClient{received: make(chan *paho.Publish, 16)}
+	rc.Client = paho.NewClient(paho.ClientConfig{
+		Conn:     conn,
+		ClientID: clientID,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			rc.received <- pr.Packet
+			return true, nil
+		}},
+	})
+	ctx := testCtx(t)
+	if _, err := rc.Connect(ctx, &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 30}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rc.Disconnect(&paho.Disconnect{}) })
+	return rc
+}
+
+func (rc *rawClient) subscribe(t *testing.T, filter string) {
+	t.Helper()
+	if _, err := rc.Subscribe(testCtx(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next returns the next message received, or nil after wait.
+func (rc *rawClient) next(wait time.Duration) *paho.Publish {
+	select {
+	case p := <-rc.received:
+		return p
+	case <-time.After(wait):
+		return nil
+	}
+}
+
+func userProps(p *paho.Publish) map[string]string {
+	m := map[string]string{}
+	for _, u := range p.Properties.User {
+		m[u.Key] = u.Value
+	}
+	return m
+}
+
+func u32(v uint32) *uint32 { return &v }
+
+// TestWireFormatFromOutside calls a server with JSON from a raw MQTT client
+// that follows docs/protocol.md alone, and checks every property of the
+// answers.
+func TestWireFormatFromOutside(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		srv := startServer(t, b.url, &echoService{}, rpc.WithServerID("dev-1"))
+		raw := newRawClient(t, b.url, "raw-1")
+		const responseTopic = "mqttrpc/responses/raw-1"
+		raw.subscribe(t, responseTopic)
+		raw.subscribe(t, "evil/#")
+		topic := "mqttrpc/" + echoServiceName + "/dev-1/Echo"
+		publish := func(props *paho.PublishProperties, payload string) {
+			t.Helper()
+			if _, err := raw.Publish(testCtx(t), &paho.Publish{Topic: topic, QoS: 1, Properties: props, Payload: []byte(payload)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		t.Run("ok", func(t *testing.T) {
+			publish(&paho.PublishProperties{
+				ResponseTopic:   responseTopic,
+				CorrelationData: []byte("corr-1"),
+				ContentType:     "application/json",
+				MessageExpiry:   u32(10),
+				User:            paho.UserProperties{{Key: "mqttrpc-version", Value: "1"}, {Key: "mqttrpc-timeout", Value: "5000"}},
+			}, `"hello"`)
+			p := raw.next(10 * time.Second)
+			if p == nil {
+				t.Fatal("no response")
+			}
+			up := userProps(p)
+			switch {
+			case p.Topic != responseTopic:
+				t.Errorf("topic %q", p.Topic)
+			case p.QoS != 1:
+				t.Errorf("QoS %d, want the request's 1", p.QoS)
+			case string(p.Properties.CorrelationData) != "corr-1":
+				t.Errorf("correlation data %q", p.Properties.CorrelationData)
+			case p.Properties.ContentType != "application/json":
+				t.Errorf("content type %q", p.Properties.ContentType)
+			case p.Properties.PayloadFormat == nil || *p.Properties.PayloadFormat != 1:
+				t.Errorf("payload format indicator %v, want 1 for JSON", p.Properties.PayloadFormat)
+			case p.Properties.MessageExpiry == nil || *p.Properties.MessageExpiry < 1 || *p.Properties.MessageExpiry > 5:
+				t.Errorf("message expiry %v, want 1..5 (what is left of the 5s timeout)", p.Properties.MessageExpiry)
+			case up["mqttrpc-status"] != "0":
+				t.Errorf("status %q", up["mqttrpc-status"])
+			case up["mqttrpc-target"] != "dev-1":
+				t.Errorf("target %q", up["mqttrpc-target"])
+			case up["mqttrpc-message"] != "":
+				t.Errorf("message %q on success", up["mqttrpc-message"])
+			case string(p.Payload) != `"hello"`:
+				t.Errorf("payload %q", p.Payload)
+			}
+		})
+
+		errorCases := []struct {
+			name        string
+			contentType string
+			payload     string
+			status      rpc.Code
+		}{
+			{"undecodable JSON", "application/json", `{"value":`, rpc.InvalidArgument},
+			{"invalid UTF-8", "application/json", "\"\xff\xfe\"", rpc.InvalidArgument},
+			{"garbage protobuf", "", "\xff\xff\xff\xff", rpc.InvalidArgument},
+			{"unknown content type", "text/plain", "hello", rpc.InvalidArgument},
+		}
+		for i, tc := range errorCases {
+			t.Run(tc.name, func(t *testing.T) {
+				corr := "err-" + strconv.Itoa(i)
+				publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte(corr), ContentType: tc.contentType, MessageExpiry: u32(10)}, tc.payload)
+				p := raw.next(10 * time.Second)
+				if p == nil {
+					t.Fatal("no response")
+				}
+				up := userProps(p)
+				if up["mqttrpc-status"] != strconv.Itoa(int(tc.status)) || up["mqttrpc-message"] == "" || len(p.Payload) != 0 || string(p.Properties.CorrelationData) != corr {
+					t.Errorf("status %q message %q payload %q corr %q; want status %d with a message, no payload", up["mqttrpc-status"], up["mqttrpc-message"], p.Payload, p.Properties.CorrelationData, tc.status)
+				}
+			})
+		}
+
+		t.Run("dropped without answer", func(t *testing.T) {
+			publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("expired"), User: paho.UserProperties{{Key: "mqttrpc-timeout", Value: "0"}}}, "")
+			publish(&paho.PublishProperties{ResponseTopic: "evil/topic", CorrelationData: []byte("evil")}, "")
+			publish(&paho.PublishProperties{CorrelationData: []byte("no response topic")}, "")
+			publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: make([]byte, 300)}, "")
+			// A normal request after them is still answered, and is the next message.
+			publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("after"), ContentType: "application/json"}, `"x"`)
+			p := raw.next(10 * time.Second)
+			if p == nil || string(p.Properties.CorrelationData) != "after" {
+				t.Fatalf("got %v, want only the answer to the last request", p)
+			}
+			st := srv.Stats()
+			for _, r := range []rpc.DropReason{rpc.DropExpired, rpc.DropResponseTopicPolicy, rpc.DropNoResponseTopic, rpc.DropBadCorrelationData} {
+				if st.Dropped[r] != 1 {
+					t.Errorf("dropped[%v] = %d, want 1 (%v)", r, st.Dropped[r], st.Dropped)
+				}
+			}
+			if p := raw.next(200 * time.Millisecond); p != nil {
+				t.Errorf("unexpected message on %q", p.Topic)
+			}
+		})
+	})
+}

@@ -1,0 +1,123 @@
+package testbroker
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// trackingListener is a mochi TCP listener that closes without races or
+// deadlocks. mochi's listeners.TCP disconnects its clients before it stops
+// accepting (a client reconnecting meanwhile, not yet registered, keeps the
+// broker alive), and its client lookup read-locks the client map twice, which
+// deadlocks when a client disconnects at the same moment. This one stops
+// accepting, then closes every connection it accepted, without a DISCONNECT
+// packet, and waits until mochi's goroutines for them have returned.
+type trackingListener struct {
+	id         string
+	ln         net.Listener
+	log        *slog.Logger
+	acceptDone chan struct{}
+
+	mu       sync.Mutex
+	closing  bool
+	conns    map[net.Conn]struct{}
+	handlers sync.WaitGroup // one per accepted connection until mochi is done with it
+}
+
+var _ listeners.Listener = (*trackingListener)(nil)
+
+func newTrackingListener(id string, ln net.Listener) *trackingListener {
+	return &trackingListener{
+		id:         id,
+		ln:         ln,
+		log:        slog.New(slog.DiscardHandler),
+		acceptDone: make(chan struct{}),
+		conns:      make(map[net.Conn]struct{}),
+	}
+}
+
+// Init receives mochi's logger; the socket is already bound.
+func (l *trackingListener) Init(log *slog.Logger) error {
+	l.log = log
+	return nil
+}
+
+// ID returns the listener's ID.
+func (l *trackingListener) ID() string { return l.id }
+
+// Address returns the bound address.
+func (l *trackingListener) Address() string { return l.ln.Addr().String() }
+
+// Protocol returns "tcp".
+func (l *trackingListener) Protocol() string { return "tcp" }
+
+// Serve accepts connections and hands each to mochi on its own goroutine
+// until the listener is closed. mochi calls it on a goroutine of its own.
+func (l *trackingListener) Serve(establish listeners.EstablishFn) {
+	defer close(l.acceptDone)
+	for {
+		conn, err := l.ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			l.log.Warn("accept failed", "error", err)
+			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: back off instead of spinning
+			continue
+		}
+		if !l.track(conn) {
+			_ = conn.Close()
+			return
+		}
+		go func() {
+			defer l.handlers.Done()
+			defer l.untrack(conn)
+			if err := establish(l.id, conn); err != nil {
+				l.log.Debug("client connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+			}
+		}()
+	}
+}
+
+// Close stops accepting, closes every connection and waits until mochi has let
+// go of all of them. It does not use mochi's closeClients (see above).
+func (l *trackingListener) Close(listeners.CloseFn) {
+	l.mu.Lock()
+	already := l.closing
+	l.closing = true
+	l.mu.Unlock()
+	if already {
+		return
+	}
+	_ = l.ln.Close()
+	<-l.acceptDone
+	l.mu.Lock()
+	for conn := range l.conns {
+		_ = conn.Close()
+	}
+	l.mu.Unlock()
+	l.handlers.Wait()
+}
+
+func (l *trackingListener) track(conn net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return false
+	}
+	l.conns[conn] = struct{}{}
+	l.handlers.Add(1)
+	return true
+}
+
+func (l *trackingListener) untrack(conn net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, conn)
+	l.mu.Unlock()
+	_ = conn.Close()
+}

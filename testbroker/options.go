@@ -1,0 +1,41 @@
+package testbroker
+
+import "log/slog"
+
+// Option configures a Broker created by New or Start.
+type Option interface {
+	apply(*config)
+}
+
+// config holds what the options set.
+type config struct {
+	addr   string
+	logger *slog.Logger
+}
+
+func defaultConfig() config {
+	return config{
+		addr:   "127.0.0.1:0",
+		logger: slog.New(slog.DiscardHandler),
+	}
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// WithAddr sets the TCP address the broker listens on, e.g. "127.0.0.1:1883".
+// The default, "127.0.0.1:0", picks a free loopback port.
+func WithAddr(addr string) Option {
+	return optionFunc(func(c *config) { c.addr = addr })
+}
+
+// WithLogger sends the broker's logs (mochi's and the fault injector's) to l.
+// The default discards everything. A nil l keeps the default.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
