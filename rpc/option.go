@@ -242,6 +242,14 @@ func WithDedupLimits(entries, bytes int) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.dedupEntries, c.dedupBytes = max(entries, 1), max(bytes, 1) })
 }
 
+// WithDropHook calls hook for every request the server drops or rejects
+// instead of executing, with the reason and the request topic; Stats counts
+// the same events. Metrics exporters use it. The hook may run on the MQTT
+// client's receive goroutine: it must return quickly and not block.
+func WithDropHook(hook func(reason DropReason, topic string)) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.dropHook = hook })
+}
+
 // --- call options ---
 
 // To addresses a call to the server with this ID (a device ID, an instance ID).

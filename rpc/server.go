@@ -62,6 +62,7 @@ type serverConfig struct {
 	logger              *slog.Logger
 	dedupEntries        int
 	dedupBytes          int
+	dropHook            func(DropReason, string)
 }
 
 type serviceConfig struct {
@@ -348,10 +349,10 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 		case dedupRunning:
 			// The original's answer goes to the same topic with the same
 			// correlation data: it answers this copy too.
-			s.stats.add(DropDuplicate)
+			s.count(DropDuplicate, p.Topic)
 			return true
 		case dedupDone:
-			s.stats.add(DropDuplicate)
+			s.count(DropDuplicate, p.Topic)
 			if cached != nil {
 				s.mu.Lock()
 				s.answerAsync(req, func(ctx context.Context) { s.publishResponse(ctx, cached, req.deadline) })
@@ -478,7 +479,7 @@ func (s *Server) serve(req *request) {
 	call.idempotency = m.desc.Idempotency
 	msg := m.desc.NewRequest()
 	if err := cd.Unmarshal(p.Payload, msg); err != nil {
-		s.stats.add(DropBadPayload)
+		s.count(DropBadPayload, p.Topic)
 		s.respond(ctx, req, call, cd, nil, Errorf(InvalidArgument, "request payload does not decode as %s (%s): %v", m.desc.MethodName, cd.ContentType(), err))
 		return
 	}
@@ -499,7 +500,7 @@ func (s *Server) runHandler(ctx context.Context, m *method, msg any) (resp any, 
 
 // reject answers a request that will not be served. s.mu is held.
 func (s *Server) reject(req *request, reason DropReason, err *Error) {
-	s.stats.add(reason)
+	s.count(reason, req.publish.Topic)
 	if req.dedupKey != "" {
 		s.dedup.forget(req.dedupKey) // not executed: a retry deserves its chance
 		unkept := *req
@@ -552,7 +553,7 @@ func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec
 		return
 	}
 	if err := s.publishResponse(ctx, cr, req.deadline); err != nil {
-		s.stats.add(DropResponseFailed)
+		s.count(DropResponseFailed, p.Topic)
 		s.cfg.logger.Warn("mqttrpc: publishing the response failed", "topic", p.Topic, "response_topic", cr.topic, "error", err)
 		return
 	}
@@ -628,8 +629,17 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 	return s.conn.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
 }
 
-func (s *Server) drop(reason DropReason, topic, detail string) {
+// count records a dropped or rejected request in Stats and tells the drop
+// hook.
+func (s *Server) count(reason DropReason, topic string) {
 	s.stats.add(reason)
+	if s.cfg.dropHook != nil {
+		s.cfg.dropHook(reason, topic)
+	}
+}
+
+func (s *Server) drop(reason DropReason, topic, detail string) {
+	s.count(reason, topic)
 	s.cfg.logger.Warn("mqttrpc: request dropped", "reason", reason.String(), "topic", topic, "detail", detail)
 }
 
