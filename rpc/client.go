@@ -25,7 +25,10 @@ const (
 	protocolVersion = "1"
 )
 
-const defaultTimeout = 10 * time.Second
+const (
+	defaultTimeout    = 10 * time.Second
+	defaultMaxPayload = 4 << 20
+)
 
 // Client calls methods of remote servers. It subscribes to one response
 // topic, mqttrpc/responses/<client ID>, and tells concurrent calls apart by
@@ -36,6 +39,7 @@ type Client struct {
 	interceptors  []Interceptor
 	timeout       time.Duration
 	retry         RetryPolicy
+	maxPayload    int
 	logger        *slog.Logger
 	removeRoute   func()
 
@@ -51,13 +55,14 @@ type clientConfig struct {
 	interceptors   []Interceptor
 	defaultTimeout time.Duration
 	retry          RetryPolicy
+	maxPayload     int
 	logger         *slog.Logger
 }
 
 // NewClient returns a Client that calls over conn. Its response subscription
 // is made by the first call and restored after every reconnect.
 func NewClient(conn *Conn, opts ...ClientOption) *Client {
-	cfg := clientConfig{defaultTimeout: defaultTimeout, logger: conn.logger}
+	cfg := clientConfig{defaultTimeout: defaultTimeout, maxPayload: defaultMaxPayload, logger: conn.logger}
 	for _, o := range opts {
 		o.applyToClient(&cfg)
 	}
@@ -67,6 +72,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		interceptors:  cfg.interceptors,
 		timeout:       cfg.defaultTimeout,
 		retry:         cfg.retry,
+		maxPayload:    cfg.maxPayload,
 		logger:        cfg.logger,
 		pending:       map[[16]byte]chan *paho.Publish{},
 	}
@@ -277,6 +283,9 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	if err != nil {
 		return Errorf(Internal, "encoding the request: %w", err)
 	}
+	if len(payload) > c.maxPayload {
+		return Errorf(ResourceExhausted, "request of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), c.maxPayload)
+	}
 
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -435,6 +444,9 @@ func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Pu
 			e.meta = call.respMeta.Clone()
 		}
 		return e
+	}
+	if len(p.Payload) > c.maxPayload {
+		return Errorf(ResourceExhausted, "response of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(p.Payload), c.maxPayload)
 	}
 	cd, ok := requestCodec, true
 	if props.ContentType != "" && props.ContentType != cd.ContentType() {

@@ -36,8 +36,14 @@ func (s *echoService) Echo(ctx context.Context, in *wrapperspb.StringValue) (*wr
 	return wrapperspb.String(in.GetValue()), nil
 }
 
+// Ping answers "pong" at once; it shares the server with Echo.
+func (s *echoService) Ping(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+	return wrapperspb.String("pong"), nil
+}
+
 type echoServer interface {
 	Echo(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error)
+	Ping(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error)
 }
 
 const echoServiceName = "test.v1.EchoService"
@@ -51,6 +57,13 @@ var echoDesc = rpc.ServiceDesc{
 		NewRequest: func() any { return new(wrapperspb.StringValue) },
 		Handler: func(srv any, ctx context.Context, req any) (any, error) {
 			return srv.(echoServer).Echo(ctx, req.(*wrapperspb.StringValue))
+		},
+	}, {
+		MethodName: "Ping",
+		QoS:        rpc.QoS1,
+		NewRequest: func() any { return new(wrapperspb.StringValue) },
+		Handler: func(srv any, ctx context.Context, req any) (any, error) {
+			return srv.(echoServer).Ping(ctx, req.(*wrapperspb.StringValue))
 		},
 	}},
 }

@@ -177,6 +177,19 @@ func WithRetry(p RetryPolicy) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.retry = p })
 }
 
+type maxPayloadOption struct{ n int }
+
+func (o maxPayloadOption) applyToClient(c *clientConfig) { c.maxPayload = o.n }
+func (o maxPayloadOption) applyToServer(c *serverConfig) { c.maxPayload = o.n }
+
+// WithMaxPayload bounds the payload of requests and responses, in bytes. A
+// client refuses to send a larger request and to accept a larger response; a
+// server answers a larger request, or a handler's larger response, with
+// ResourceExhausted. Default: 4 MiB.
+func WithMaxPayload(n int) ClientServerOption {
+	return maxPayloadOption{max(n, 1)}
+}
+
 // --- server options ---
 
 // WithServerID sets the server's ID: it serves requests whose {target} is
@@ -208,6 +221,13 @@ func WithoutBroadcast() ServerOption {
 // WithConcurrency sets how many handlers run at once. Default: 64.
 func WithConcurrency(n int) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.concurrency = max(n, 1) })
+}
+
+// WithMethodConcurrency sets how many handlers of any one method run at
+// once, so that a slow method cannot take every worker. Default: three
+// quarters of WithConcurrency.
+func WithMethodConcurrency(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.methodConcurrency = max(n, 1) })
 }
 
 // WithQueueSize sets how many requests wait when all handlers are busy;

@@ -41,7 +41,9 @@ type Server struct {
 	stopping    bool
 	removeRoute func()
 	running     int            // handler goroutines
-	queue       []*request     // waiting requests, FIFO
+	queued      int            // requests waiting in the methods' queues
+	ready       []*method      // methods with queued requests, served round robin
+	nextReady   int            // round-robin position in ready
 	workers     sync.WaitGroup // handler goroutines; Add only while !stopping
 	closed      bool           // no more rejections either
 	rejecters   sync.WaitGroup // Add only while !closed
@@ -54,6 +56,7 @@ type serverConfig struct {
 	noBroadcast         bool
 	concurrency         int
 	queueSize           int
+	methodConcurrency   int
 	defaultTimeout      time.Duration
 	maxTimeout          time.Duration
 	responseTopicPolicy func(string) bool
@@ -63,6 +66,7 @@ type serverConfig struct {
 	dedupEntries        int
 	dedupBytes          int
 	dropHook            func(DropReason, string)
+	maxPayload          int
 }
 
 type serviceConfig struct {
@@ -82,11 +86,16 @@ type method struct {
 	desc     *MethodDesc
 	template *TopicTemplate
 	call     UnaryFunc // handler wrapped in the server's interceptors
+
+	// Guarded by Server.mu.
+	running int        // handlers of this method running
+	queue   []*request // waiting requests, FIFO
 }
 
 // request is one received PUBLISH on its way to a handler.
 type request struct {
 	svc      *service
+	method   *method // nil for an unknown method
 	values   topicValues
 	publish  *paho.Publish
 	deadline time.Time
@@ -102,6 +111,7 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		maxTimeout:          5 * time.Minute,
 		responseTopicPolicy: ResponseTopicFilter(DefaultResponsePrefix + "+"),
 		logger:              conn.logger,
+		maxPayload:          defaultMaxPayload,
 		dedupEntries:        10000,
 		dedupBytes:          16 << 20,
 	}
@@ -362,24 +372,43 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 		}
 	}
 
+	req.method = req.svc.methods[req.values.method]
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	switch {
+	case len(p.Payload) > s.cfg.maxPayload:
+		s.reject(req, DropTooLarge, Errorf(ResourceExhausted, "request of %d bytes exceeds the server's limit of %d", len(p.Payload), s.cfg.maxPayload))
 	case s.stopping:
 		s.reject(req, DropShuttingDown, Errorf(Unavailable, "server is shutting down"))
-		s.mu.Unlock()
-	case s.running < s.cfg.concurrency:
+	case req.method == nil:
+		// Answered at once: it needs no handler, and must not wait behind
+		// the queue.
+		s.answerAsync(req, func(ctx context.Context) { s.serve(req) })
+	case s.running < s.cfg.concurrency && req.method.running < s.methodLimit():
 		s.running++
+		req.method.running++
 		s.workers.Add(1)
-		s.mu.Unlock()
 		go s.work(req)
-	case len(s.queue) < s.cfg.queueSize:
-		s.queue = append(s.queue, req)
-		s.mu.Unlock()
+	case s.queued < s.cfg.queueSize:
+		m := req.method
+		if len(m.queue) == 0 {
+			s.ready = append(s.ready, m)
+		}
+		m.queue = append(m.queue, req)
+		s.queued++
 	default:
 		s.reject(req, DropOverload, Errorf(ResourceExhausted, "server overloaded: %d calls running and %d queued", s.cfg.concurrency, s.cfg.queueSize))
-		s.mu.Unlock()
 	}
 	return true
+}
+
+// methodLimit is how many handlers of one method may run at once, so that
+// a slow method leaves workers for the others.
+func (s *Server) methodLimit() int {
+	if s.cfg.methodConcurrency > 0 {
+		return s.cfg.methodConcurrency
+	}
+	return max(1, s.cfg.concurrency-s.cfg.concurrency/4)
 }
 
 // deadline computes arrival + min(mqttrpc-timeout, MessageExpiryInterval),
@@ -414,22 +443,47 @@ func (s *Server) deadline(arrival time.Time, props *paho.PublishProperties) (tim
 	return arrival.Add(min(timeout, s.cfg.maxTimeout)), true
 }
 
-// work runs req, then the queued requests, until the queue is empty.
+// work runs req, then queued requests, until none may run.
 func (s *Server) work(req *request) {
 	defer s.workers.Done()
 	for req != nil {
 		s.serve(req)
 		s.mu.Lock()
-		if len(s.queue) > 0 {
-			req = s.queue[0]
-			s.queue[0] = nil
-			s.queue = s.queue[1:]
-		} else {
-			req = nil
+		req.method.running--
+		req = s.nextQueued()
+		if req == nil {
 			s.running--
+		} else {
+			req.method.running++
 		}
 		s.mu.Unlock()
 	}
+}
+
+// nextQueued takes the next request round robin over the methods with
+// waiting requests, skipping methods at their limit. s.mu is held.
+func (s *Server) nextQueued() *request {
+	limit := s.methodLimit()
+	for i := range s.ready {
+		idx := (s.nextReady + i) % len(s.ready)
+		m := s.ready[idx]
+		if m.running >= limit {
+			continue
+		}
+		req := m.queue[0]
+		m.queue[0] = nil
+		m.queue = m.queue[1:]
+		s.queued--
+		if len(m.queue) == 0 {
+			m.queue = nil
+			s.ready = append(s.ready[:idx], s.ready[idx+1:]...)
+			s.nextReady = idx
+		} else {
+			s.nextReady = idx + 1
+		}
+		return req
+	}
+	return nil
 }
 
 // serve decodes, runs the handler and publishes the answer.
@@ -471,8 +525,8 @@ func (s *Server) serve(req *request) {
 		s.respond(ctx, req, call, cd, nil, Errorf(Unimplemented, "protocol version %q is not supported; this server speaks mqttrpc version %s", version, protocolVersion))
 		return
 	}
-	m := req.svc.methods[req.values.method]
-	if m == nil || m.template != nil && !m.template.match(p.Topic, call.service, &topicValues{}) {
+	m := req.method
+	if m == nil || !m.template.match(p.Topic, call.service, &topicValues{}) {
 		s.respond(ctx, req, call, cd, nil, Errorf(Unimplemented, "method %s not implemented by service %s", req.values.method, call.service))
 		return
 	}
@@ -568,6 +622,8 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 		var err error
 		if payload, err = cd.Marshal(resp); err != nil {
 			handlerErr = Errorf(Internal, "encoding the response: %v", err)
+		} else if len(payload) > s.cfg.maxPayload {
+			handlerErr = Errorf(ResourceExhausted, "response of %d bytes exceeds the server's limit of %d", len(payload), s.cfg.maxPayload)
 		}
 	}
 	target := s.cfg.serverID
@@ -721,11 +777,14 @@ const (
 	// (QoS 1 redelivery, client retry); it was not executed again, and got
 	// the original's answer.
 	DropDuplicate
+	// DropTooLarge: the request's payload was over the server's limit
+	// (answered ResourceExhausted).
+	DropTooLarge
 	numDropReasons
 	statServed = numDropReasons
 )
 
-var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate"}
+var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large"}
 
 // String returns the reason as a snake_case word, for logs and metrics.
 func (r DropReason) String() string {
