@@ -36,6 +36,8 @@ type Conn struct {
 	up        bool
 	closed    bool
 	gen       uint64        // connection generation, bumped on every connection up
+	genCtx    context.Context // ends when connection gen goes down; nil while down
+	genCancel context.CancelFunc
 	readyCh   chan struct{} // closed once subscriptions are restored for gen
 	subs      map[string]paho.SubscribeOptions
 	lastError error // last connection error, for Dial's message
@@ -229,6 +231,9 @@ func (c *Conn) Close(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
+	if c.genCancel != nil {
+		c.genCancel()
+	}
 	c.mu.Unlock()
 	c.cancel()
 	var err error
@@ -246,6 +251,10 @@ func (c *Conn) connectionUp(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 	c.gen++
 	gen := c.gen
 	c.up = true
+	if c.genCancel != nil {
+		c.genCancel()
+	}
+	c.genCtx, c.genCancel = context.WithCancel(c.ctx)
 	ready := make(chan struct{})
 	c.readyCh = ready
 	subs := make([]paho.SubscribeOptions, 0, len(c.subs))
@@ -291,6 +300,10 @@ const maxFiltersPerSubscribe = 32
 func (c *Conn) connectionDown() {
 	c.mu.Lock()
 	c.up = false
+	if c.genCancel != nil {
+		c.genCancel()
+	}
+	c.genCtx, c.genCancel = nil, nil
 	c.mu.Unlock()
 	c.logger.Debug("mqttrpc: connection lost", "client_id", c.clientID)
 }
@@ -306,7 +319,7 @@ func (c *Conn) waitReady(ctx context.Context) error {
 		return errConnClosed
 	}
 	if !up {
-		return Errorf(Unavailable, "not connected to the broker")
+		return errNotConnected
 	}
 	select {
 	case <-ready:
@@ -350,13 +363,20 @@ func (c *Conn) forget(subs []paho.SubscribeOptions) {
 }
 
 func (c *Conn) sendSubscribe(ctx context.Context, cm *autopaho.ConnectionManager, subs []paho.SubscribeOptions) error {
-	suback, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs})
+	opCtx, done := c.operationContext(ctx)
+	if opCtx == nil {
+		return errNotConnected
+	}
+	suback, err := cm.Subscribe(opCtx, &paho.Subscribe{Subscriptions: subs})
+	done()
 	if suback == nil {
 		switch {
 		case errors.Is(err, paho.ErrInvalidArguments):
 			return Errorf(InvalidArgument, "subscribe: %w", err)
 		case ctx.Err() != nil:
 			return contextError(ctx.Err(), "subscribing")
+		case opCtx.Err() != nil:
+			return errConnLost
 		case errors.Is(err, autopaho.ConnectionDownError):
 			return Errorf(Unavailable, "not connected to the broker")
 		default:
@@ -429,7 +449,12 @@ func (c *Conn) route(pr paho.PublishReceived) (bool, error) {
 // PUBACK 0x10 (no matching subscribers) is Unavailable, 0x87 PermissionDenied,
 // 0x97 and 0x95 ResourceExhausted, a connection that is down Unavailable.
 func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
-	resp, err := c.cm.Publish(ctx, p)
+	opCtx, done := c.operationContext(ctx)
+	if opCtx == nil {
+		return errNotConnected
+	}
+	resp, err := c.cm.Publish(opCtx, p)
+	done()
 	if resp != nil && (resp.ReasonCode >= 0x80 || resp.ReasonCode == 0x10) {
 		return Errorf(codeForReason(resp.ReasonCode), "broker answered the publish on %q with reason 0x%02x (%s)", p.Topic, resp.ReasonCode, reasonText(resp.ReasonCode))
 	}
@@ -439,10 +464,48 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 	if ctx.Err() != nil {
 		return contextError(ctx.Err(), "publishing")
 	}
-	if errors.Is(err, autopaho.ConnectionDownError) {
-		return Errorf(Unavailable, "not connected to the broker")
+	if opCtx.Err() != nil {
+		return errConnLost
 	}
-	return Errorf(Unavailable, "publish on %q failed: %w", p.Topic, err)
+	if errors.Is(err, autopaho.ConnectionDownError) {
+		return errNotConnected
+	}
+	return &Error{code: Unavailable, err: fmt.Errorf("publish on %q failed: %w: %w", p.Topic, errTransport, err)}
+}
+
+// errTransport marks failures of the connection, as opposed to answers of
+// the broker: worth retrying once the connection is back.
+var errTransport = errors.New("connection lost")
+
+var (
+	errNotConnected = &Error{code: Unavailable, err: fmt.Errorf("not connected to the broker (%w)", errTransport)}
+	errConnLost     = &Error{code: Unavailable, err: fmt.Errorf("connection to the broker lost before the broker acknowledged (%w)", errTransport)}
+)
+
+// operationContext returns a context for one publish or subscribe on the
+// current connection: it ends with ctx or when this connection goes down,
+// since paho may otherwise leave an operation on a dead connection waiting
+// until ctx ends. It returns nil while disconnected. Call done afterwards.
+func (c *Conn) operationContext(ctx context.Context) (opCtx context.Context, done func()) {
+	c.mu.Lock()
+	genCtx := c.genCtx
+	c.mu.Unlock()
+	if genCtx == nil {
+		return nil, nil
+	}
+	opCtx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(genCtx, cancel)
+	return opCtx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// isUp reports whether the connection is up.
+func (c *Conn) isUp() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.up && !c.closed
 }
 
 // codeForReason maps an MQTT 5 reason code of a PUBACK, PUBREC or SUBACK.

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -682,7 +683,32 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 	if cr.properties.contentType == codec.ContentTypeJSON {
 		props.PayloadFormat = &payloadFormatUTF8
 	}
-	return s.conn.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
+	backoff := 20 * time.Millisecond
+	for {
+		err := s.conn.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
+		if err == nil || !errors.Is(err, errTransport) {
+			return err
+		}
+		// The connection failed: the answer is still worth sending once it
+		// is back, until the deadline. A copy that arrives twice is
+		// ignored by the caller.
+		timer := time.NewTimer(backoff)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return err
+		}
+		backoff = min(2*backoff, time.Second)
+		if err := s.conn.AwaitConnection(ctx); err != nil {
+			return err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		expiry = expirySeconds(left)
+	}
 }
 
 // count records a dropped or rejected request in Stats and tells the drop
