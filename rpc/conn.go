@@ -35,7 +35,7 @@ type Conn struct {
 	mu        sync.Mutex
 	up        bool
 	closed    bool
-	gen       uint64        // connection generation, bumped on every connection up
+	gen       uint64          // connection generation, bumped on every connection up
 	genCtx    context.Context // ends when connection gen goes down; nil while down
 	genCancel context.CancelFunc
 	readyCh   chan struct{} // closed once subscriptions are restored for gen
