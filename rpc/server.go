@@ -35,6 +35,9 @@ type Server struct {
 	stopAll  context.CancelFunc
 	rejectCh chan struct{} // bounds goroutines that answer rejected requests
 	dedup    *dedupCache
+	// publish sends a PUBLISH; conn.publish except in tests that run the
+	// request path without a broker.
+	publish func(context.Context, *paho.Publish) error
 
 	mu          sync.Mutex
 	services    []*service
@@ -125,6 +128,7 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		codecs:   codec.NewRegistry(cfg.codecs...),
 		rejectCh: make(chan struct{}, 16),
 		dedup:    newDedupCache(cfg.dedupEntries, cfg.dedupBytes),
+		publish:  conn.publish,
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
 	return s
@@ -685,7 +689,7 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 	}
 	backoff := 20 * time.Millisecond
 	for {
-		err := s.conn.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
+		err := s.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
 		if err == nil || !errors.Is(err, errTransport) {
 			return err
 		}
