@@ -172,3 +172,9 @@ func newMosquitto(t *testing.T) *broker {
 	mq := mosquittotest.Start(t)
 	return &broker{name: "mosquitto", url: mq.URL(), mq: mq}
 }
+
+func shortCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
