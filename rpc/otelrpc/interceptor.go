@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -121,11 +122,9 @@ func (i *Interceptor) end(ctx context.Context, span trace.Span, side *instrument
 	if span.IsRecording() {
 		// The topic is known only now on the client: it is rendered
 		// when the request is sent.
-		span.SetAttributes(
-			semconv.MessagingDestinationName(call.Topic()),
-			TargetKey.String(call.Target()),
-		)
-		span.SetAttributes(c.span...)
+		attrs := make([]attribute.KeyValue, 0, 2+len(c.span))
+		attrs = append(attrs, semconv.MessagingDestinationName(call.Topic()), TargetKey.String(call.Target()))
+		span.SetAttributes(append(attrs, c.span...)...)
 		if c.failed {
 			span.SetStatus(codes.Error, message)
 		}
