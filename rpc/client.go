@@ -393,10 +393,11 @@ func (c *Client) ensureSubscribed(ctx context.Context) error {
 
 // handleResponse runs on paho's receive goroutine: it hands the response to
 // its waiting call and never blocks.
-func (c *Client) handleResponse(p *paho.Publish) bool {
+func (c *Client) handleResponse(p *paho.Publish, ack func()) bool {
 	if p.Topic != c.responseTopic {
 		return false
 	}
+	ack()
 	var id [16]byte
 	if p.Properties == nil || len(p.Properties.CorrelationData) != len(id) {
 		c.logger.Debug("mqttrpc: dropped a response without a valid correlation ID", "topic", p.Topic)

@@ -25,6 +25,10 @@ type Conn struct {
 	cm       *autopaho.ConnectionManager
 	clientID string
 	owned    bool // Close disconnects cm
+	// manualAck: requests are acknowledged to the broker after they were
+	// handled, so that a persistent session redelivers them if the server
+	// dies meanwhile.
+	manualAck bool
 	logger   *slog.Logger
 
 	// listeners is a copy-on-write list read on paho's receive goroutine
@@ -49,8 +53,11 @@ type Conn struct {
 
 // listener receives the PUBLISH packets its match function claims.
 type listener struct {
-	handle func(*paho.Publish) bool
+	handle func(p *paho.Publish, ack func()) bool
 }
+
+// noAck is the ack function when the broker is acknowledged on receipt.
+func noAck() {}
 
 // Dial connects to the broker at brokerURL and waits until the connection is
 // up or ctx ends. Schemes: mqtt:// and tcp:// (plain TCP, port 1883 by
@@ -98,6 +105,11 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 		ConnectPassword:               cfg.password,
 		ClientConfig:                  paho.ClientConfig{ClientID: cfg.clientID},
 	}
+	if cfg.ackAfterHandling == nil {
+		on := cfg.sessionExpiry > 0
+		cfg.ackAfterHandling = &on
+	}
+	apCfg.EnableManualAcknowledgment = *cfg.ackAfterHandling
 	c, err := newConn(apCfg, cfg.logger, true)
 	if err != nil {
 		return nil, err
@@ -136,10 +148,11 @@ func NewConnection(_ context.Context, cfg autopaho.ClientConfig, opts ...ConnOpt
 // given to NewConnection ends.
 func newConn(cfg autopaho.ClientConfig, logger *slog.Logger, owned bool) (*Conn, error) {
 	c := &Conn{
-		clientID: cfg.ClientID,
-		owned:    owned,
-		logger:   logger,
-		subs:     map[string]paho.SubscribeOptions{},
+		clientID:  cfg.ClientID,
+		owned:     owned,
+		manualAck: cfg.EnableManualAcknowledgment,
+		logger:    logger,
+		subs:      map[string]paho.SubscribeOptions{},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.listeners.Store(&[]*listener{})
@@ -410,7 +423,9 @@ func (c *Conn) unsubscribe(ctx context.Context, filters []string) error {
 
 // addListener registers a receiver of PUBLISH packets and returns the
 // function that removes it.
-func (c *Conn) addListener(handle func(*paho.Publish) bool) func() {
+// A listener that claims a packet must call ack exactly once when it is done
+// with it; the broker is acknowledged then (WithAckAfterHandling).
+func (c *Conn) addListener(handle func(p *paho.Publish, ack func()) bool) func() {
 	l := &listener{handle: handle}
 	c.listenersMu.Lock()
 	defer c.listenersMu.Unlock()
@@ -437,12 +452,39 @@ func (c *Conn) route(pr paho.PublishReceived) (bool, error) {
 	if pr.AlreadyHandled {
 		return false, nil
 	}
+	ack := noAck
+	if c.manualAck && pr.Packet.QoS > 0 {
+		ack = c.ackFunc(pr)
+	}
 	for _, l := range *c.listeners.Load() {
-		if l.handle(pr.Packet) {
+		if l.handle(pr.Packet, ack) {
 			return true, nil
 		}
 	}
+	if c.owned {
+		ack() // nobody else will
+	}
 	return false, nil
+}
+
+// ackFunc returns the function that acknowledges a received PUBLISH, once,
+// and only on the connection it arrived on: paho warns that an ack after a
+// reconnect may acknowledge an unrelated packet of the new connection.
+func (c *Conn) ackFunc(pr paho.PublishReceived) func() {
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			current := c.gen == gen && c.up
+			c.mu.Unlock()
+			if current {
+				_ = pr.Client.Ack(pr.Packet)
+			}
+		})
+	}
 }
 
 // publish sends p and maps every failure to a Code, following DESIGN.md:
@@ -566,6 +608,7 @@ type connConfig struct {
 	tlsConfig      *tls.Config
 	keepAlive      uint16
 	connectTimeout time.Duration
-	sessionExpiry  uint32
-	logger         *slog.Logger
+	sessionExpiry    uint32
+	ackAfterHandling *bool
+	logger           *slog.Logger
 }

@@ -77,8 +77,8 @@ func FuzzServeRequest(f *testing.F) {
 		if timeout != "" {
 			props.User = paho.UserProperties{{Key: propTimeout, Value: timeout}}
 		}
-		s.handlePublish(&paho.Publish{Topic: topic, QoS: qos % 3, Properties: props, Payload: payload})
-		s.handlePublish(&paho.Publish{Topic: topic, QoS: qos % 3, Properties: props, Payload: payload}) // a duplicate
+		s.handlePublish(&paho.Publish{Topic: topic, QoS: qos % 3, Properties: props, Payload: payload}, noAck)
+		s.handlePublish(&paho.Publish{Topic: topic, QoS: qos % 3, Properties: props, Payload: payload}, noAck) // a duplicate
 		for _, p := range sent() {
 			if !s.cfg.responseTopicPolicy(p.Topic) || p.Topic != responseTopic {
 				t.Fatalf("answer published on %q for response topic %q", p.Topic, responseTopic)

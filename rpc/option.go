@@ -98,6 +98,19 @@ func WithSessionExpiry(d time.Duration) ConnOption {
 	return connOptionFunc(func(c *connConfig) { c.sessionExpiry = uint32(min(d/time.Second, 1<<32-1)) })
 }
 
+// WithAckAfterHandling makes servers acknowledge a QoS 1 or 2 request to
+// the broker only after it was handled and answered, instead of on receipt,
+// so that with a persistent session (WithSessionExpiry) the broker
+// redelivers a request whose server died mid-call. Acknowledgements are sent
+// in the order the requests arrived, so a slow call holds back the
+// acknowledgements of those behind it, and with them part of the broker's
+// in-flight window. Default: on when WithSessionExpiry is set, else off.
+// With NewConnection, set autopaho's EnableManualAcknowledgment instead (and
+// acknowledge the application's own messages).
+func WithAckAfterHandling(on bool) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.ackAfterHandling = &on })
+}
+
 // --- shared options ---
 
 type loggerOption struct{ logger *slog.Logger }

@@ -104,6 +104,7 @@ type request struct {
 	publish  *paho.Publish
 	deadline time.Time
 	dedupKey string // "" when the request has no CorrelationData
+	ack      func() // acknowledges the request to the broker
 }
 
 // NewServer returns a Server on conn. Register services, then Start it.
@@ -320,9 +321,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // handlePublish runs on paho's receive goroutine. It claims requests for
 // this server's services and never blocks: the work happens in handler
 // goroutines.
-func (s *Server) handlePublish(p *paho.Publish) bool {
+func (s *Server) handlePublish(p *paho.Publish, ack func()) bool {
 	arrival := time.Now()
-	req := &request{publish: p}
+	req := &request{publish: p, ack: ack}
 	for _, svc := range s.services {
 		for _, t := range svc.templates {
 			if t.match(p.Topic, svc.desc.ServiceName, &req.values) {
@@ -338,24 +339,34 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 	if req.svc == nil {
 		return false
 	}
+	if !s.admit(req, arrival) {
+		ack()
+	}
+	return true
+}
+
+// admit decides what happens to a claimed request. It returns true when the
+// request was handed to a handler goroutine, which acknowledges it when done.
+func (s *Server) admit(req *request, arrival time.Time) bool {
+	p := req.publish
 	props := p.Properties
 	if props == nil || props.ResponseTopic == "" {
 		s.drop(DropNoResponseTopic, p.Topic, "request has no ResponseTopic")
-		return true
+		return false
 	}
 	if !s.cfg.responseTopicPolicy(props.ResponseTopic) {
 		s.drop(DropResponseTopicPolicy, p.Topic, "response topic "+strconv.Quote(props.ResponseTopic)+" is outside the policy")
-		return true
+		return false
 	}
 	if len(props.CorrelationData) > maxCorrelationData {
 		s.drop(DropBadCorrelationData, p.Topic, "correlation data longer than "+strconv.Itoa(maxCorrelationData)+" bytes")
-		return true
+		return false
 	}
 	var ok bool
 	req.deadline, ok = s.deadline(arrival, props)
 	if !ok {
 		s.drop(DropExpired, p.Topic, "request expired before it arrived")
-		return true
+		return false
 	}
 	if len(props.CorrelationData) > 0 {
 		req.dedupKey = dedupKey(props.ResponseTopic, props.CorrelationData)
@@ -365,7 +376,7 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 			// The original's answer goes to the same topic with the same
 			// correlation data: it answers this copy too.
 			s.count(DropDuplicate, p.Topic)
-			return true
+			return false
 		case dedupDone:
 			s.count(DropDuplicate, p.Topic)
 			if cached != nil {
@@ -373,7 +384,7 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 				s.answerAsync(req, func(ctx context.Context) { s.publishResponse(ctx, cached, req.deadline) })
 				s.mu.Unlock()
 			}
-			return true
+			return false
 		}
 	}
 
@@ -383,12 +394,14 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 	switch {
 	case len(p.Payload) > s.cfg.maxPayload:
 		s.reject(req, DropTooLarge, Errorf(ResourceExhausted, "request of %d bytes exceeds the server's limit of %d", len(p.Payload), s.cfg.maxPayload))
+		return false
 	case s.stopping:
 		s.reject(req, DropShuttingDown, Errorf(Unavailable, "server is shutting down"))
+		return false
 	case req.method == nil:
 		// Answered at once: it needs no handler, and must not wait behind
 		// the queue.
-		s.answerAsync(req, func(ctx context.Context) { s.serve(req) })
+		return s.answerAsync(req, func(ctx context.Context) { s.serve(req) })
 	case s.running < s.cfg.concurrency && req.method.running < s.methodLimit():
 		s.running++
 		req.method.running++
@@ -403,6 +416,7 @@ func (s *Server) handlePublish(p *paho.Publish) bool {
 		s.queued++
 	default:
 		s.reject(req, DropOverload, Errorf(ResourceExhausted, "server overloaded: %d calls running and %d queued", s.cfg.concurrency, s.cfg.queueSize))
+		return false
 	}
 	return true
 }
@@ -493,6 +507,7 @@ func (s *Server) nextQueued() *request {
 
 // serve decodes, runs the handler and publishes the answer.
 func (s *Server) serve(req *request) {
+	defer req.ack()
 	p := req.publish
 	if time.Now().After(req.deadline) {
 		s.drop(DropExpired, p.Topic, "request expired while queued")
@@ -579,15 +594,15 @@ func (s *Server) reject(req *request, reason DropReason, err *Error) {
 // answerAsync publishes an answer without blocking the receive goroutine;
 // when too many answers are already on their way the request is dropped
 // unanswered. s.mu is held.
-func (s *Server) answerAsync(req *request, answer func(ctx context.Context)) {
+func (s *Server) answerAsync(req *request, answer func(ctx context.Context)) bool {
 	if s.closed {
-		return
+		return false
 	}
 	select {
 	case s.rejectCh <- struct{}{}:
 	default:
 		s.cfg.logger.Warn("mqttrpc: request dropped unanswered", "topic", req.publish.Topic, "detail", "too many early answers in flight")
-		return
+		return false
 	}
 	s.rejecters.Add(1)
 	go func() {
@@ -597,6 +612,7 @@ func (s *Server) answerAsync(req *request, answer func(ctx context.Context)) {
 		defer cancel()
 		answer(ctx)
 	}()
+	return true
 }
 
 // respond publishes the answer: the response message on success, the code
