@@ -29,7 +29,7 @@ type Conn struct {
 	// handled, so that a persistent session redelivers them if the server
 	// dies meanwhile.
 	manualAck bool
-	logger   *slog.Logger
+	logger    *slog.Logger
 
 	// listeners is a copy-on-write list read on paho's receive goroutine
 	// without locking.
@@ -602,12 +602,12 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // connConfig collects ConnOptions.
 type connConfig struct {
-	clientID       string
-	username       string
-	password       []byte
-	tlsConfig      *tls.Config
-	keepAlive      uint16
-	connectTimeout time.Duration
+	clientID         string
+	username         string
+	password         []byte
+	tlsConfig        *tls.Config
+	keepAlive        uint16
+	connectTimeout   time.Duration
 	sessionExpiry    uint32
 	ackAfterHandling *bool
 	logger           *slog.Logger
