@@ -401,7 +401,10 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 	case req.method == nil:
 		// Answered at once: it needs no handler, and must not wait behind
 		// the queue.
-		return s.answerAsync(req, func(ctx context.Context) { s.serve(req) })
+		if !s.answerAsync(req, func(ctx context.Context) { s.serve(req) }) {
+			s.dedup.forget(req.dedupKey)
+			return false
+		}
 	case s.running < s.cfg.concurrency && req.method.running < s.methodLimit():
 		s.running++
 		req.method.running++
