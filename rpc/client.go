@@ -46,9 +46,10 @@ type Client struct {
 	subscribeMu sync.Mutex
 	subscribed  bool
 
-	mu      sync.Mutex
-	pending map[[16]byte]chan *paho.Publish
-	closed  bool
+	mu         sync.Mutex
+	pending    map[[16]byte]chan *paho.Publish // unary calls: one reply each
+	broadcasts map[[16]byte]chan *paho.Publish // broadcasts: many replies each
+	closed     bool
 }
 
 type clientConfig struct {
@@ -75,6 +76,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		maxPayload:    cfg.maxPayload,
 		logger:        cfg.logger,
 		pending:       map[[16]byte]chan *paho.Publish{},
+		broadcasts:    map[[16]byte]chan *paho.Publish{},
 	}
 	c.removeRoute = conn.addListener(c.handleResponse)
 	return c
@@ -92,11 +94,14 @@ func (c *Client) Close(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
-	pending := c.pending
-	c.pending = map[[16]byte]chan *paho.Publish{}
+	pending, broadcasts := c.pending, c.broadcasts
+	c.pending, c.broadcasts = map[[16]byte]chan *paho.Publish{}, map[[16]byte]chan *paho.Publish{}
 	c.mu.Unlock()
 	c.removeRoute()
 	for _, ch := range pending {
+		close(ch)
+	}
+	for _, ch := range broadcasts {
 		close(ch)
 	}
 	return c.conn.unsubscribe(ctx, []string{c.responseTopic})
@@ -186,33 +191,8 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	if s.err != nil {
 		return s.err
 	}
-	cfg := callConfig{qos: s.qos, codec: codec.Proto}
-	for _, o := range s.opts {
-		o.applyToCall(&cfg)
-	}
-	for _, o := range opts {
-		o.applyToCall(&cfg)
-	}
-	call := &Call{
-		service:     s.service,
-		method:      s.method,
-		idempotency: s.idempotency,
-		isClient:    true,
-		target:      cfg.target,
-		codecName:   cfg.codec.Name(),
-	}
-	if len(cfg.metadata) > 0 {
-		call.reqMeta = make(Metadata, len(cfg.metadata))
-		for _, p := range cfg.metadata {
-			call.reqMeta[p.key] = append(call.reqMeta[p.key], p.values...)
-		}
-	}
-	if len(cfg.tokens) > 0 {
-		call.tokens = make(map[string]string, len(cfg.tokens))
-		for _, t := range cfg.tokens {
-			call.tokens[t.name] = t.value
-		}
-	}
+	cfg := s.callConfig(opts)
+	call := s.newCall(&cfg)
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.client.timeout)
@@ -237,29 +217,99 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	return nil
 }
 
+// callConfig applies the stub's options, then the call's.
+func (s *Stub) callConfig(opts []CallOption) callConfig {
+	cfg := callConfig{qos: s.qos, codec: codec.Proto}
+	for _, o := range s.opts {
+		o.applyToCall(&cfg)
+	}
+	for _, o := range opts {
+		o.applyToCall(&cfg)
+	}
+	return cfg
+}
+
+// newCall describes a call for interceptors.
+func (s *Stub) newCall(cfg *callConfig) *Call {
+	call := &Call{
+		service:     s.service,
+		method:      s.method,
+		idempotency: s.idempotency,
+		isClient:    true,
+		target:      cfg.target,
+		codecName:   cfg.codec.Name(),
+	}
+	if len(cfg.metadata) > 0 {
+		call.reqMeta = make(Metadata, len(cfg.metadata))
+		for _, p := range cfg.metadata {
+			call.reqMeta[p.key] = append(call.reqMeta[p.key], p.values...)
+		}
+	}
+	if len(cfg.tokens) > 0 {
+		call.tokens = make(map[string]string, len(cfg.tokens))
+		for _, t := range cfg.tokens {
+			call.tokens[t.name] = t.value
+		}
+	}
+	return call
+}
+
 // send publishes one request and waits for its response.
 func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg *callConfig, req, resp any) error {
+	if call.target == TargetAll {
+		return Errorf(InvalidArgument, "a unary call cannot be addressed to _all (every server would answer); use Broadcast")
+	}
+	p, timeoutProp, err := c.prepare(call, tmpl, cfg, req)
+	if err != nil {
+		return err
+	}
+	ch := make(chan *paho.Publish, 1)
+	id, err := c.register(c.pending, ch)
+	if err != nil {
+		return err
+	}
+	defer c.forget(c.pending, id)
+	p.Properties.CorrelationData = id[:]
+	if err := c.publishWithRetry(ctx, p, timeoutProp); err != nil {
+		return err
+	}
+	select {
+	case p, ok := <-ch:
+		if !ok {
+			return Errorf(Canceled, "client closed")
+		}
+		return c.decodeResponse(call, cfg.codec, p, resp)
+	case <-ctx.Done():
+		if ctx.Err() == context.DeadlineExceeded {
+			return Errorf(DeadlineExceeded, "no response from %s on %q within the deadline", call.target, p.Topic)
+		}
+		return Errorf(Canceled, "call canceled")
+	}
+}
+
+// prepare validates a call and builds its request PUBLISH, without
+// correlation data. timeoutProp is the index of the mqttrpc-timeout user
+// property, set at each attempt.
+func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req any) (p *paho.Publish, timeoutProp int, err error) {
 	switch {
 	case call.target == "":
-		return Errorf(InvalidArgument, "call to %s has no target: pass rpc.To(id) or rpc.ToAny()", call.Procedure())
-	case call.target == TargetAll:
-		return Errorf(InvalidArgument, "a unary call cannot be addressed to _all (every server would answer); use Client.Broadcast")
-	case call.target != TargetAny:
+		return nil, 0, Errorf(InvalidArgument, "call to %s has no target: pass rpc.To(id) or rpc.ToAny()", call.Procedure())
+	case call.target != TargetAny && call.target != TargetAll:
 		if err := checkID("target", call.target); err != nil {
-			return err
+			return nil, 0, err
 		}
 	}
 	if cfg.qos > QoS2 {
-		return Errorf(InvalidArgument, "QoS %d is not 0, 1 or 2", cfg.qos)
+		return nil, 0, Errorf(InvalidArgument, "QoS %d is not 0, 1 or 2", cfg.qos)
 	}
 	for _, name := range tmpl.custom {
 		if call.tokens[name] == "" {
-			return Errorf(InvalidArgument, "topic template %q needs a value for {%s}: pass rpc.WithToken(%q, value)", tmpl.raw, name, name)
+			return nil, 0, Errorf(InvalidArgument, "topic template %q needs a value for {%s}: pass rpc.WithToken(%q, value)", tmpl.raw, name, name)
 		}
 	}
 	topic, err := tmpl.render(&topicValues{service: call.service, target: call.target, method: call.method, custom: call.tokens})
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	call.topic = topic
 	props := &paho.PublishProperties{
@@ -270,7 +320,7 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	props.User = append(props.User, paho.UserProperty{Key: propVersion, Value: protocolVersion})
 	for k, vs := range call.reqMeta {
 		if isReservedKey(k) {
-			return Errorf(InvalidArgument, "metadata key %q is reserved for the protocol", k)
+			return nil, 0, Errorf(InvalidArgument, "metadata key %q is reserved for the protocol", k)
 		}
 		for _, v := range vs {
 			props.User = append(props.User, paho.UserProperty{Key: k, Value: v})
@@ -281,33 +331,38 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	}
 	payload, err := cfg.codec.Marshal(req)
 	if err != nil {
-		return Errorf(Internal, "encoding the request: %w", err)
+		return nil, 0, Errorf(Internal, "encoding the request: %w", err)
 	}
 	if len(payload) > c.maxPayload {
-		return Errorf(ResourceExhausted, "request of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), c.maxPayload)
+		return nil, 0, Errorf(ResourceExhausted, "request of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), c.maxPayload)
 	}
+	timeoutProp = len(props.User)
+	props.User = append(props.User, paho.UserProperty{Key: propTimeout})
+	return &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}, timeoutProp, nil
+}
 
+// register makes a fresh correlation ID that routes responses to ch.
+func (c *Client) register(table map[[16]byte]chan *paho.Publish, ch chan *paho.Publish) ([16]byte, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
-		return Errorf(Internal, "making a correlation ID: %w", err)
+		return id, Errorf(Internal, "making a correlation ID: %w", err)
 	}
-	ch := make(chan *paho.Publish, 1)
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
-		return Errorf(Canceled, "client closed")
+		return id, Errorf(Canceled, "client closed")
 	}
-	c.pending[id] = ch
-	c.mu.Unlock()
-	defer c.forget(id)
-	props.CorrelationData = id[:]
-	timeoutProp := len(props.User)
-	props.User = append(props.User, paho.UserProperty{Key: propTimeout})
+	table[id] = ch
+	return id, nil
+}
 
+// publishWithRetry publishes the request, again after Unavailable failures
+// as the retry policy allows.
+func (c *Client) publishWithRetry(ctx context.Context, p *paho.Publish, timeoutProp int) error {
 	for attempt := 1; ; attempt++ {
-		err := c.publishRequest(ctx, &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}, timeoutProp)
+		err := c.publishRequest(ctx, p, timeoutProp)
 		if err == nil {
-			break
+			return nil
 		}
 		// Unavailable before the broker took the request (no connection,
 		// a failed publish, no subscriber): republishing with the same
@@ -327,18 +382,6 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 			timer.Stop()
 			return contextError(ctx.Err(), "waiting to retry")
 		}
-	}
-	select {
-	case p, ok := <-ch:
-		if !ok {
-			return Errorf(Canceled, "client closed")
-		}
-		return c.decodeResponse(call, cfg.codec, p, resp)
-	case <-ctx.Done():
-		if ctx.Err() == context.DeadlineExceeded {
-			return Errorf(DeadlineExceeded, "no response from %s on %q within the deadline", call.target, topic)
-		}
-		return Errorf(Canceled, "call canceled")
 	}
 }
 
@@ -371,9 +414,9 @@ func expirySeconds(d time.Duration) uint32 {
 	return uint32(min(max(s, 1), math.MaxUint32))
 }
 
-func (c *Client) forget(id [16]byte) {
+func (c *Client) forget(table map[[16]byte]chan *paho.Publish, id [16]byte) {
 	c.mu.Lock()
-	delete(c.pending, id)
+	delete(table, id)
 	c.mu.Unlock()
 }
 
@@ -404,16 +447,27 @@ func (c *Client) handleResponse(p *paho.Publish, ack func()) bool {
 		return true
 	}
 	copy(id[:], p.Properties.CorrelationData)
+	// Sends happen under the lock, so that Close cannot close a channel
+	// in between; they never block (one buffered slot per unary call, a
+	// select for broadcasts).
 	c.mu.Lock()
-	ch, ok := c.pending[id]
-	delete(c.pending, id)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if ch, ok := c.pending[id]; ok {
+		delete(c.pending, id)
+		ch <- p
+		return true
+	}
+	ch, ok := c.broadcasts[id]
 	if !ok {
 		// A late answer to a call that gave up, or a duplicate.
 		c.logger.Debug("mqttrpc: dropped a response to no pending call", "topic", p.Topic)
 		return true
 	}
-	ch <- p // buffered, and each channel gets one message
+	select {
+	case ch <- p:
+	default:
+		c.logger.Warn("mqttrpc: dropped a broadcast reply: the reader is too slow", "topic", p.Topic)
+	}
 	return true
 }
 

@@ -1,0 +1,128 @@
+package rpc
+
+import (
+	"context"
+	"iter"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// BroadcastReply is one server's answer to a broadcast.
+type BroadcastReply struct {
+	// Target is the ID of the server that answered (its mqttrpc-target).
+	Target string
+	// Response is the decoded response, nil when Err is set.
+	Response any
+	// Err is the server's error (an *Error), or the error that kept the
+	// broadcast from being published, with Target "".
+	Err error
+	// Metadata is the response's metadata.
+	Metadata Metadata
+}
+
+// broadcastBuffer bounds the replies waiting for the reader of a broadcast.
+const broadcastBuffer = 1024
+
+// Broadcast calls the method on every server of the service (target "_all")
+// and yields each answer as it arrives, until ctx ends or the loop stops.
+// The broadcast's deadline is ctx's (10 s by default, see
+// WithDefaultTimeout): servers answer within it, and the loop ends with it,
+// since nobody knows how many servers will answer. newResp allocates one
+// response message per reply. A server that answers twice (a redelivered
+// request) is yielded once. Client interceptors see the publication of the
+// request; their returned response is nil.
+//
+//	for r := range stub.Broadcast(ctx, req, func() any { return new(pb.Reading) }) {
+//		if r.Err != nil { ... }
+//	}
+func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts ...CallOption) iter.Seq[BroadcastReply] {
+	return func(yield func(BroadcastReply) bool) {
+		if s.err != nil {
+			yield(BroadcastReply{Err: s.err})
+			return
+		}
+		c := s.client
+		cfg := s.callConfig(opts)
+		cfg.target = TargetAll
+		call := s.newCall(&cfg)
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, c.timeout)
+			defer cancel()
+		}
+		ctx = withCall(ctx, call)
+		replies := make(chan *paho.Publish, broadcastBuffer)
+		var registered bool
+		var id [16]byte
+		send := func(ctx context.Context, req any) (any, error) {
+			p, timeoutProp, err := c.prepare(call, s.template, &cfg, req)
+			if err != nil {
+				return nil, err
+			}
+			if id, err = c.register(c.broadcasts, replies); err != nil {
+				return nil, err
+			}
+			registered = true
+			p.Properties.CorrelationData = id[:]
+			return nil, c.publishWithRetry(ctx, p, timeoutProp)
+		}
+		var err error
+		if len(c.interceptors) == 0 {
+			_, err = send(ctx, req)
+		} else {
+			_, err = chainInterceptors(send, c.interceptors)(ctx, req)
+		}
+		if registered {
+			defer c.forget(c.broadcasts, id)
+		}
+		if err != nil {
+			yield(BroadcastReply{Err: asError(err)})
+			return
+		}
+		seen := map[string]bool{}
+		for {
+			select {
+			case p, ok := <-replies:
+				if !ok {
+					return // client closed
+				}
+				replyCall := &Call{service: call.service, method: call.method, isClient: true, target: TargetAll, topic: call.topic}
+				target := responseTarget(p)
+				if seen[target] {
+					continue
+				}
+				seen[target] = true
+				reply := BroadcastReply{Target: target}
+				resp := newResp()
+				if err := c.decodeResponse(replyCall, cfg.codec, p, resp); err != nil {
+					reply.Err = err
+				} else {
+					reply.Response = resp
+				}
+				reply.Metadata = replyCall.respMeta
+				if !yield(reply) {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// Broadcast calls a method of a service that uses the default topic template
+// on every server, without generated code; see Stub.Broadcast.
+func (c *Client) Broadcast(ctx context.Context, service, method string, req any, newResp func() any, opts ...CallOption) iter.Seq[BroadcastReply] {
+	s := Stub{client: c, service: service, method: method, qos: QoS1, template: defaultTemplate}
+	return s.Broadcast(ctx, req, newResp, opts...)
+}
+
+// responseTarget reads the mqttrpc-target property of a response.
+func responseTarget(p *paho.Publish) string {
+	for _, u := range p.Properties.User {
+		if u.Key == propTarget {
+			return u.Value
+		}
+	}
+	return ""
+}
