@@ -59,7 +59,7 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 			if err != nil {
 				return nil, err
 			}
-			if id, err = c.register(c.broadcasts, replies); err != nil {
+			if id, err = c.register(true, replies); err != nil {
 				return nil, err
 			}
 			registered = true
@@ -73,7 +73,7 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 			_, err = chainInterceptors(send, c.interceptors)(ctx, req)
 		}
 		if registered {
-			defer c.forget(c.broadcasts, id)
+			defer c.forget(true, id)
 		}
 		if err != nil {
 			yield(BroadcastReply{Err: asError(err)})

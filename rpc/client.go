@@ -264,11 +264,11 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 		return err
 	}
 	ch := make(chan *paho.Publish, 1)
-	id, err := c.register(c.pending, ch)
+	id, err := c.register(false, ch)
 	if err != nil {
 		return err
 	}
-	defer c.forget(c.pending, id)
+	defer c.forget(false, id)
 	p.Properties.CorrelationData = id[:]
 	if err := c.publishWithRetry(ctx, p, timeoutProp); err != nil {
 		return err
@@ -341,8 +341,17 @@ func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req a
 	return &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}, timeoutProp, nil
 }
 
+// table returns the pending table of unary calls or of broadcasts. c.mu is
+// held: Close replaces the tables.
+func (c *Client) table(broadcast bool) map[[16]byte]chan *paho.Publish {
+	if broadcast {
+		return c.broadcasts
+	}
+	return c.pending
+}
+
 // register makes a fresh correlation ID that routes responses to ch.
-func (c *Client) register(table map[[16]byte]chan *paho.Publish, ch chan *paho.Publish) ([16]byte, error) {
+func (c *Client) register(broadcast bool, ch chan *paho.Publish) ([16]byte, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
 		return id, Errorf(Internal, "making a correlation ID: %w", err)
@@ -352,7 +361,7 @@ func (c *Client) register(table map[[16]byte]chan *paho.Publish, ch chan *paho.P
 	if c.closed {
 		return id, Errorf(Canceled, "client closed")
 	}
-	table[id] = ch
+	c.table(broadcast)[id] = ch
 	return id, nil
 }
 
@@ -414,9 +423,9 @@ func expirySeconds(d time.Duration) uint32 {
 	return uint32(min(max(s, 1), math.MaxUint32))
 }
 
-func (c *Client) forget(table map[[16]byte]chan *paho.Publish, id [16]byte) {
+func (c *Client) forget(broadcast bool, id [16]byte) {
 	c.mu.Lock()
-	delete(table, id)
+	delete(c.table(broadcast), id)
 	c.mu.Unlock()
 }
 

@@ -44,7 +44,7 @@ func newRawClient(t *testing.T, brokerURL, clientID string) *rawClient {
 
 func (rc *rawClient) subscribe(t *testing.T, filter string) {
 	t.Helper()
-	if _, err := rc.Subscribe(testCtx(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}}); err != nil {
+	if _, err := rc.Subscribe(testCtx(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 2}}}); err != nil {
 		t.Fatal(err)
 	}
 }
