@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +37,11 @@ type Conn struct {
 	// without locking.
 	listeners   atomic.Pointer[[]*listener]
 	listenersMu sync.Mutex
+	// parked holds QoS 1/2 packets nobody claimed yet, on a Conn made by
+	// Dial: a persistent session's redelivered requests arrive right after
+	// CONNACK, before the application has started its Server. They are
+	// replayed to each new listener and acknowledged when they expire.
+	parked []parkedPublish
 
 	mu        sync.Mutex
 	up        bool
@@ -58,6 +65,18 @@ type listener struct {
 
 // noAck is the ack function when the broker is acknowledged on receipt.
 func noAck() {}
+
+type parkedPublish struct {
+	p       *paho.Publish
+	ack     func()
+	expires time.Time
+}
+
+// Bounds of the parked packets.
+const (
+	parkTime  = 10 * time.Second
+	parkLimit = 1000
+)
 
 // Dial connects to the broker at brokerURL and waits until the connection is
 // up or ctx ends. Schemes: mqtt:// and tcp:// (plain TCP, port 1883 by
@@ -110,6 +129,13 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 		cfg.ackAfterHandling = &on
 	}
 	apCfg.EnableManualAcknowledgment = *cfg.ackAfterHandling
+	if tc := cfg.transport(); (tc.coalesce || tc.quickAck) && (u.Scheme == "mqtt" || u.Scheme == "tcp") && os.Getenv("all_proxy") == "" {
+		// Plain TCP through the transport (transport.go); autopaho's own
+		// dialer otherwise (TLS, WebSocket, a proxy).
+		apCfg.AttemptConnection = func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+			return dialTransport(ctx, u.Host, ac.ConnectTimeout, tc)
+		}
+	}
 	c, err := newConn(apCfg, cfg.logger, true)
 	if err != nil {
 		return nil, err
@@ -428,10 +454,18 @@ func (c *Conn) unsubscribe(ctx context.Context, filters []string) error {
 func (c *Conn) addListener(handle func(p *paho.Publish, ack func()) bool) func() {
 	l := &listener{handle: handle}
 	c.listenersMu.Lock()
-	defer c.listenersMu.Unlock()
 	old := *c.listeners.Load()
 	next := append(append(make([]*listener, 0, len(old)+1), old...), l)
 	c.listeners.Store(&next)
+	// Hand over what arrived before this listener existed.
+	parked := c.parked[:0:0]
+	for _, pp := range c.parked {
+		if !handle(pp.p, pp.ack) {
+			parked = append(parked, pp)
+		}
+	}
+	c.parked = parked
+	c.listenersMu.Unlock()
 	return func() {
 		c.listenersMu.Lock()
 		defer c.listenersMu.Unlock()
@@ -461,10 +495,35 @@ func (c *Conn) route(pr paho.PublishReceived) (bool, error) {
 			return true, nil
 		}
 	}
-	if c.owned {
-		ack() // nobody else will
+	if c.owned && pr.Packet.QoS > 0 {
+		c.park(pr.Packet, ack)
+		return true, nil
 	}
 	return false, nil
+}
+
+// park keeps an unclaimed packet for listeners still to come, and lets
+// packets past their time or over the limit go (acknowledged: nobody wants
+// them).
+func (c *Conn) park(p *paho.Publish, ack func()) {
+	now := time.Now()
+	c.listenersMu.Lock()
+	defer c.listenersMu.Unlock()
+	// A listener added since the route began may want it.
+	for _, l := range *c.listeners.Load() {
+		if l.handle(p, ack) {
+			return
+		}
+	}
+	keep := c.parked[:0]
+	for i, pp := range c.parked {
+		if now.After(pp.expires) || len(c.parked)-i >= parkLimit {
+			pp.ack()
+			continue
+		}
+		keep = append(keep, pp)
+	}
+	c.parked = append(keep, parkedPublish{p: p, ack: ack, expires: now.Add(parkTime)})
 }
 
 // ackFunc returns the function that acknowledges a received PUBLISH, once,
@@ -610,5 +669,7 @@ type connConfig struct {
 	connectTimeout   time.Duration
 	sessionExpiry    uint32
 	ackAfterHandling *bool
+	writeCoalescing  *bool
+	quickAck         *bool
 	logger           *slog.Logger
 }

@@ -255,7 +255,11 @@ func (s *Server) Start(ctx context.Context) error {
 			subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 2})
 		}
 	}
-	s.removeRoute = s.conn.addListener(s.handlePublish)
+	s.mu.Unlock()
+	// Outside s.mu: requests that arrived before Start are handed over now.
+	remove := s.conn.addListener(s.handlePublish)
+	s.mu.Lock()
+	s.removeRoute = remove
 	s.mu.Unlock()
 	if err := s.conn.waitReady(ctx); err != nil && CodeOf(err) != Unavailable {
 		return err
@@ -310,10 +314,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.stopAll()
-	s.removeRoute()
 	s.mu.Lock()
+	remove := s.removeRoute
 	s.closed = true
 	s.mu.Unlock()
+	remove()
 	s.rejecters.Wait()
 	return err
 }
