@@ -1,0 +1,353 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The transport sits between paho and a plain TCP connection to the broker.
+// It does three things paho does not:
+//
+//   - it reads through a 32 KiB buffer, so that one read system call takes
+//     in many packets (paho reads a packet's header byte by byte);
+//   - it writes a whole MQTT packet in one system call even though paho hands
+//     it over in pieces: paho's net.Buffers.WriteTo is a single writev only on
+//     a bare *net.TCPConn, and on any wrapper becomes one write per piece.
+//     With write coalescing, packets are appended to a buffer that a flusher
+//     goroutine writes out, all that accumulated in one system call;
+//   - it re-arms TCP_QUICKACK after reads while few calls are in flight
+//     (Linux), so that a broker with Nagle's algorithm on (Mosquitto's stock
+//     configuration) does not hold an answer back behind our delayed ACK.
+
+const (
+	// transportReadBuffer is the size of the read buffer.
+	transportReadBuffer = 32 << 10
+	// transportWriteLimit bounds the bytes waiting for the flusher: past it
+	// writers wait (backpressure).
+	transportWriteLimit = 256 << 10
+	// transportCloseFlush bounds how long Close waits for pending packets
+	// (the DISCONNECT) to be written.
+	transportCloseFlush = 2 * time.Second
+	// quickAckMaxInFlight: TCP_QUICKACK is re-armed after a read only while
+	// at most this many requests are unanswered on the connection. Beyond
+	// it, traffic flows both ways and ACKs ride on it; the extra system
+	// call and ACK packet per read would only cost throughput.
+	quickAckMaxInFlight = 2
+)
+
+// transportConfig says which parts of the transport are on.
+type transportConfig struct {
+	coalesce bool // write coalescing with a flusher goroutine
+	quickAck bool // adaptive TCP_QUICKACK (Linux only)
+}
+
+// transport returns the transport options with their defaults.
+func (c *connConfig) transport() transportConfig {
+	tc := transportConfig{coalesce: true, quickAck: true}
+	if c.writeCoalescing != nil {
+		tc.coalesce = *c.writeCoalescing
+	}
+	if c.quickAck != nil {
+		tc.quickAck = *c.quickAck && quickAckSupported
+	}
+	return tc
+}
+
+// dialTransport dials address and wraps the connection.
+func dialTransport(ctx context.Context, address string, timeout time.Duration, cfg transportConfig) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", address)
+	if err != nil {
+		return nil, err
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return c, nil
+	}
+	return newTransportConn(tcp, cfg), nil
+}
+
+// transportConn is the connection paho sees. It implements sync.Locker, so
+// that paho holds the lock across the pieces of one packet.
+type transportConn struct {
+	tcp    *net.TCPConn
+	raw    syscall.RawConn // nil without quickAck
+	reader *bufio.Reader
+	cfg    transportConfig
+
+	// packetMu is paho's lock: held from the first piece of a packet to
+	// the last, so that packets never interleave.
+	packetMu    sync.Mutex
+	inPacket    bool   // guarded by packetMu
+	packetStart bool   // the next Write starts a packet; guarded by packetMu
+	packet      []byte // without coalescing: the packet being assembled
+
+	// Write coalescing. buf[:complete] holds whole packets for the
+	// flusher; buf[complete:] the start of the packet being written.
+	mu       sync.Mutex
+	wake     sync.Cond // the flusher waits for packets
+	space    sync.Cond // writers wait for the flusher to drain buf
+	buf      []byte
+	spare    []byte
+	complete int
+	err      error // the first write error, returned by every later write
+	closed   bool
+	done     chan struct{} // closed when the flusher has returned
+
+	closeOnce sync.Once
+	closeErr  error
+
+	// Requests unanswered on this connection, counted from PUBLISH packets
+	// written and read: a caller's requests go out and answers come in, a
+	// server's the other way round, so the distance between the two counts
+	// is the calls in flight either way.
+	published atomic.Int64
+	received  atomic.Int64
+}
+
+func newTransportConn(tcp *net.TCPConn, cfg transportConfig) *transportConn {
+	if !quickAckSupported {
+		cfg.quickAck = false
+	}
+	c := &transportConn{tcp: tcp, cfg: cfg}
+	if cfg.quickAck {
+		if raw, err := tcp.SyscallConn(); err == nil {
+			c.raw = raw
+		} else {
+			c.cfg.quickAck = false
+		}
+	}
+	c.reader = bufio.NewReaderSize(&transportReader{c: c}, transportReadBuffer)
+	if cfg.coalesce {
+		c.wake.L, c.space.L = &c.mu, &c.mu
+		c.done = make(chan struct{})
+		go c.flusher()
+	}
+	return c
+}
+
+// Read reads from the read buffer.
+func (c *transportConn) Read(p []byte) (int, error) { return c.reader.Read(p) }
+
+// Lock starts a packet: paho calls it before writing the packet's pieces.
+func (c *transportConn) Lock() {
+	c.packetMu.Lock()
+	c.inPacket, c.packetStart = true, true
+}
+
+// Unlock ends a packet: it is written (without coalescing) or handed to the
+// flusher.
+func (c *transportConn) Unlock() {
+	c.inPacket = false
+	if c.cfg.coalesce {
+		c.mu.Lock()
+		if c.complete < len(c.buf) {
+			c.complete = len(c.buf)
+			c.wake.Signal()
+		}
+		c.mu.Unlock()
+	} else if len(c.packet) > 0 {
+		_, err := c.tcp.Write(c.packet)
+		c.packet = c.packet[:0]
+		if err != nil {
+			c.fail(err)
+		}
+	}
+	c.packetMu.Unlock()
+}
+
+// Write takes one piece of a packet, or a whole packet when the writer did
+// not Lock.
+func (c *transportConn) Write(p []byte) (int, error) {
+	if len(p) > 0 && (c.packetStart || !c.inPacket) {
+		c.packetStart = false
+		if c.cfg.quickAck && p[0]>>4 == packetTypePublish {
+			c.published.Add(1)
+		}
+	}
+	if !c.cfg.coalesce {
+		return c.writeDirect(p)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Wait while whole packets fill the buffer; a single packet larger than
+	// the limit still goes in.
+	for c.err == nil && !c.closed && c.complete > 0 && len(c.buf) >= transportWriteLimit {
+		c.space.Wait()
+	}
+	switch {
+	case c.err != nil:
+		return 0, c.err
+	case c.closed:
+		return 0, net.ErrClosed
+	}
+	c.buf = append(c.buf, p...)
+	if !c.inPacket {
+		c.complete = len(c.buf)
+		c.wake.Signal()
+	}
+	return len(p), nil
+}
+
+// writeDirect assembles a locked packet, written whole at Unlock, or
+// writes an unlocked one at once.
+func (c *transportConn) writeDirect(p []byte) (int, error) {
+	c.mu.Lock()
+	err := c.err
+	c.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if !c.inPacket {
+		n, err := c.tcp.Write(p)
+		if err != nil {
+			c.fail(err)
+		}
+		return n, err
+	}
+	c.packet = append(c.packet, p...)
+	return len(p), nil
+}
+
+// flusher writes out whole packets as soon as there are any, all that
+// accumulated while the previous write ran in one system call.
+func (c *transportConn) flusher() {
+	defer close(c.done)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		for c.complete == 0 && !c.closed && c.err == nil {
+			c.wake.Wait()
+		}
+		if c.err != nil || c.complete == 0 {
+			return // failed, or closed with nothing left to write
+		}
+		out := c.buf[:c.complete]
+		c.buf = append(c.spare[:0], c.buf[c.complete:]...)
+		c.spare = nil
+		c.complete = 0
+		c.mu.Unlock()
+		_, err := c.tcp.Write(out)
+		c.mu.Lock()
+		if cap(out) <= 2*transportWriteLimit {
+			c.spare = out[:0]
+		}
+		c.space.Broadcast()
+		if err != nil {
+			c.err = err
+			// paho learns of a dead connection from its reader.
+			_ = c.tcp.Close()
+			return
+		}
+	}
+}
+
+// fail records a write error that paho could not be told of (it was handed
+// the packet already) and closes the connection, so that paho's reader
+// fails and the connection is re-established.
+func (c *transportConn) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	_ = c.tcp.Close()
+}
+
+// Close writes out pending packets (bounded by transportCloseFlush), stops
+// the flusher and closes the connection.
+func (c *transportConn) Close() error {
+	c.closeOnce.Do(func() {
+		if c.cfg.coalesce {
+			_ = c.tcp.SetWriteDeadline(time.Now().Add(transportCloseFlush))
+			c.mu.Lock()
+			c.closed = true
+			c.wake.Broadcast()
+			c.space.Broadcast()
+			c.mu.Unlock()
+			<-c.done
+		}
+		c.closeErr = c.tcp.Close()
+		if errors.Is(c.closeErr, net.ErrClosed) {
+			c.closeErr = nil // closed by the flusher after a write error
+		}
+	})
+	return c.closeErr
+}
+
+func (c *transportConn) LocalAddr() net.Addr                { return c.tcp.LocalAddr() }
+func (c *transportConn) RemoteAddr() net.Addr               { return c.tcp.RemoteAddr() }
+func (c *transportConn) SetDeadline(t time.Time) error      { return c.tcp.SetDeadline(t) }
+func (c *transportConn) SetReadDeadline(t time.Time) error  { return c.tcp.SetReadDeadline(t) }
+func (c *transportConn) SetWriteDeadline(t time.Time) error { return c.tcp.SetWriteDeadline(t) }
+
+// packetTypePublish is the MQTT control packet type of PUBLISH.
+const packetTypePublish = 3
+
+// transportReader reads from the TCP connection under the read buffer,
+// counts the PUBLISH packets that arrive and re-arms TCP_QUICKACK.
+type transportReader struct {
+	c *transportConn
+	// Packet boundaries in the byte stream: the bytes left of the packet
+	// being read, or the header being parsed.
+	skip       int // payload bytes left before the next packet header
+	inHeader   bool
+	headerType byte
+	lenShift   uint
+	length     int
+}
+
+func (r *transportReader) Read(p []byte) (int, error) {
+	n, err := r.c.tcp.Read(p)
+	if n > 0 && r.c.cfg.quickAck {
+		r.scan(p[:n])
+		if d := r.c.published.Load() - r.c.received.Load(); d <= quickAckMaxInFlight && d >= -quickAckMaxInFlight {
+			r.c.rearmQuickAck()
+		}
+	}
+	return n, err
+}
+
+// scan walks packet headers in b to count PUBLISH packets, skipping
+// packet bodies without looking at them.
+func (r *transportReader) scan(b []byte) {
+	for len(b) > 0 {
+		if r.skip > 0 {
+			k := min(r.skip, len(b))
+			r.skip -= k
+			b = b[k:]
+			continue
+		}
+		if !r.inHeader {
+			r.headerType = b[0] >> 4
+			r.inHeader, r.lenShift, r.length = true, 0, 0
+			b = b[1:]
+			continue
+		}
+		// Remaining length: a variable byte integer.
+		x := b[0]
+		b = b[1:]
+		r.length |= int(x&0x7f) << r.lenShift
+		r.lenShift += 7
+		if x&0x80 != 0 && r.lenShift < 28 {
+			continue
+		}
+		r.inHeader = false
+		r.skip = r.length
+		if r.headerType == packetTypePublish {
+			r.c.received.Add(1)
+		}
+	}
+}
+
+// rearmQuickAck turns TCP_QUICKACK on again: Linux turns it off by itself
+// whenever it sees data go out right after data came in.
+func (c *transportConn) rearmQuickAck() {
+	_ = c.raw.Control(setQuickAck)
+}

@@ -1,0 +1,274 @@
+package rpc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() {
+		_ = client.Close()
+		_ = server.Close()
+	})
+	return client.(*net.TCPConn), server.(*net.TCPConn)
+}
+
+// writePacket writes an MQTT-framed packet in pieces, as paho does: the
+// fixed header, then the body in parts, under the lock.
+func writePacket(w *transportConn, typ byte, body []byte) error {
+	w.Lock()
+	defer w.Unlock()
+	header := append([]byte{typ << 4}, encodeLength(len(body))...)
+	if _, err := w.Write(header); err != nil {
+		return err
+	}
+	for len(body) > 0 {
+		n := min(len(body), 7)
+		if _, err := w.Write(body[:n]); err != nil {
+			return err
+		}
+		body = body[n:]
+	}
+	return nil
+}
+
+func encodeLength(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+// readPacket reads one MQTT-framed packet.
+func readPacket(r io.Reader) (byte, []byte, error) {
+	var first [1]byte
+	if _, err := io.ReadFull(r, first[:]); err != nil {
+		return 0, nil, err
+	}
+	length, shift := 0, 0
+	for {
+		var b [1]byte
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return 0, nil, err
+		}
+		length |= int(b[0]&0x7f) << shift
+		shift += 7
+		if b[0]&0x80 == 0 {
+			break
+		}
+	}
+	body := make([]byte, length)
+	_, err := io.ReadFull(r, body)
+	return first[0] >> 4, body, err
+}
+
+// Packets written in pieces by concurrent writers arrive whole, never
+// interleaved, in each writer's order, with and without coalescing.
+func TestTransportPacketsArriveWhole(t *testing.T) {
+	for _, coalesce := range []bool{false, true} {
+		t.Run(map[bool]string{false: "direct", true: "coalescing"}[coalesce], func(t *testing.T) {
+			local, remote := tcpPair(t)
+			w := newTransportConn(local, transportConfig{coalesce: coalesce, quickAck: true})
+			const writers, perWriter = 8, 500
+			var wg sync.WaitGroup
+			for id := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for seq := range perWriter {
+						body := make([]byte, 8+(seq*37)%3000)
+						binary.BigEndian.PutUint32(body, uint32(id))
+						binary.BigEndian.PutUint32(body[4:], uint32(seq))
+						for i := 8; i < len(body); i++ {
+							body[i] = byte(id + seq + i)
+						}
+						if err := writePacket(w, packetTypePublish, body); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			next := make([]int, writers)
+			for range writers * perWriter {
+				typ, body, err := readPacket(remote)
+				if err != nil {
+					t.Fatal(err)
+				}
+				id, seq := int(binary.BigEndian.Uint32(body)), int(binary.BigEndian.Uint32(body[4:]))
+				if typ != packetTypePublish || id >= writers || seq != next[id] || len(body) != 8+(seq*37)%3000 {
+					t.Fatalf("packet type %d from writer %d seq %d (want %d), %d bytes", typ, id, seq, next[id], len(body))
+				}
+				for i := 8; i < len(body); i++ {
+					if body[i] != byte(id+seq+i) {
+						t.Fatalf("writer %d seq %d: corrupt byte %d", id, seq, i)
+					}
+				}
+				next[id]++
+			}
+			wg.Wait()
+			if got := w.published.Load(); got != writers*perWriter {
+				t.Errorf("counted %d PUBLISH packets written, want %d", got, writers*perWriter)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Close writes out what was queued before closing.
+func TestTransportCloseFlushes(t *testing.T) {
+	local, remote := tcpPair(t)
+	w := newTransportConn(local, transportConfig{coalesce: true})
+	for i := range 100 {
+		if err := writePacket(w, 14, bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		typ, body, err := readPacket(remote)
+		if err != nil || typ != 14 || len(body) != 100 || body[0] != byte(i) {
+			t.Fatalf("packet %d: type %d, %d bytes, %v", i, typ, len(body), err)
+		}
+	}
+	if _, _, err := readPacket(remote); err != io.EOF {
+		t.Fatalf("after the last packet: %v, want EOF", err)
+	}
+	if err := writePacket(w, 14, []byte{1}); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v", err)
+	}
+}
+
+// A peer that stops reading blocks writers once the buffer is full, and
+// Close releases them; nothing grows without bound.
+func TestTransportBackpressure(t *testing.T) {
+	local, _ := tcpPair(t) // the remote end never reads
+	w := newTransportConn(local, transportConfig{coalesce: true})
+	body := make([]byte, 16<<10)
+	blocked := make(chan error, 1)
+	go func() {
+		for {
+			if err := writePacket(w, packetTypePublish, body); err != nil {
+				blocked <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // socket buffers fill, then ours
+	w.mu.Lock()
+	buffered := len(w.buf)
+	w.mu.Unlock()
+	if buffered > transportWriteLimit+len(body)+16 {
+		t.Fatalf("%d bytes buffered, limit %d", buffered, transportWriteLimit)
+	}
+	select {
+	case err := <-blocked:
+		t.Fatalf("writer stopped early: %v", err)
+	default:
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- w.Close() }()
+	select {
+	case err := <-blocked:
+		if err == nil {
+			t.Fatal("blocked writer got no error")
+		}
+	case <-time.After(2 * transportCloseFlush):
+		t.Fatal("Close did not release the blocked writer")
+	}
+	select {
+	case <-closed:
+	case <-time.After(2 * transportCloseFlush):
+		t.Fatal("Close did not return")
+	}
+}
+
+// A write error reaches the writers that come after it, and the
+// connection is closed so that paho's reader notices.
+func TestTransportWriteErrorSurfaces(t *testing.T) {
+	for _, coalesce := range []bool{false, true} {
+		t.Run(map[bool]string{false: "direct", true: "coalescing"}[coalesce], func(t *testing.T) {
+			local, remote := tcpPair(t)
+			w := newTransportConn(local, transportConfig{coalesce: coalesce})
+			_ = remote.SetLinger(0)
+			_ = remote.Close() // the peer resets the connection
+			deadline := time.Now().Add(5 * time.Second)
+			var err error
+			for err == nil && time.Now().Before(deadline) {
+				err = writePacket(w, packetTypePublish, make([]byte, 1024))
+				time.Sleep(time.Millisecond)
+			}
+			if err == nil {
+				t.Fatal("writes kept succeeding after the peer reset the connection")
+			}
+			if _, rerr := w.Read(make([]byte, 1)); rerr == nil {
+				t.Fatal("read succeeded on a failed connection")
+			}
+			_ = w.Close()
+		})
+	}
+}
+
+// The reader counts PUBLISH packets however the stream is cut into reads.
+func TestTransportScanCountsPublishes(t *testing.T) {
+	var stream []byte
+	want := 0
+	for i := range 50 {
+		typ := byte(4) // PUBACK
+		if i%3 == 0 {
+			typ, want = packetTypePublish, want+1
+		}
+		body := make([]byte, (i*301)%20000) // lengths of 1, 2 and 3 bytes
+		stream = append(append(append(stream, typ<<4), encodeLength(len(body))...), body...)
+	}
+	for _, chunk := range []int{1, 2, 3, 100, 4096, len(stream)} {
+		c := &transportConn{}
+		r := &transportReader{c: c}
+		for b := stream; len(b) > 0; {
+			n := min(chunk, len(b))
+			r.scan(b[:n])
+			b = b[n:]
+		}
+		if got := c.received.Load(); got != int64(want) {
+			t.Errorf("chunks of %d: counted %d PUBLISH packets, want %d", chunk, got, want)
+		}
+	}
+}
