@@ -51,6 +51,8 @@ func TestThousandConcurrentCalls(t *testing.T) {
 		client := newClient(t, b.url)
 		ctx := testCtx(t)
 		const n = 1000
+		start := time.Now()
+		defer func() { t.Logf("%d concurrent calls in %v", n, time.Since(start)) }()
 		var wg sync.WaitGroup
 		errs := make(chan error, n)
 		for i := range n {
@@ -137,9 +139,11 @@ func TestNoServer(t *testing.T) {
 		start := time.Now()
 		_, err := echo(ctx, client, "x", rpc.To("nobody"))
 		wantCode(t, err, rpc.Unavailable)
-		if d := time.Since(start); d > time.Second {
+		d := time.Since(start)
+		if d > time.Second {
 			t.Errorf("Unavailable after %v, want well under a second", d)
 		}
+		t.Logf("Unavailable after %v", d)
 	})
 	t.Run("testbroker stays silent", func(t *testing.T) {
 		b := newTestbroker(t)
@@ -149,9 +153,11 @@ func TestNoServer(t *testing.T) {
 		start := time.Now()
 		_, err := echo(ctx, client, "x", rpc.To("nobody"))
 		wantCode(t, err, rpc.DeadlineExceeded)
-		if d := time.Since(start); d < 300*time.Millisecond {
+		d := time.Since(start)
+		if d < 300*time.Millisecond {
 			t.Errorf("DeadlineExceeded after %v, before the deadline", d)
 		}
+		t.Logf("DeadlineExceeded after %v (deadline 300ms)", d)
 	})
 }
 
