@@ -26,7 +26,8 @@ func (discardSpans) ForceFlush(context.Context) error                { return ni
 // BenchmarkCall makes unary calls through testbroker, with the interceptor
 // on both sides (otel=on: every span sampled and recorded, metrics
 // aggregated) or without (otel=off), one call at a time (conc=1) or 16 at
-// once (conc=16). Compare with
+// once (conc=16). It reports calls/s and the CPU time the whole process
+// (client, server and broker) spent per call. Compare with
 //
 //	benchstat -col /otel bench.txt
 func BenchmarkCall(b *testing.B) {
@@ -82,6 +83,7 @@ func benchmarkCall(b *testing.B, conc int, withOtel bool) {
 	}
 
 	b.ReportAllocs()
+	cpuBefore, cpuOK := processCPU()
 	b.ResetTimer()
 	if conc == 1 {
 		for range b.N {
@@ -101,5 +103,10 @@ func benchmarkCall(b *testing.B, conc int, withOtel bool) {
 			}
 		})
 	}
+	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+	if cpuAfter, ok := processCPU(); ok && cpuOK {
+		// CPU per call is steadier than calls/s on a busy machine.
+		b.ReportMetric(float64((cpuAfter-cpuBefore).Microseconds())/float64(b.N), "cpu-µs/call")
+	}
 }

@@ -94,31 +94,29 @@ func (i *Interceptor) WrapUnary(next rpc.UnaryFunc) rpc.UnaryFunc {
 		if call.IsClient() {
 			i.propagator.Inject(ctx, MetadataCarrier(call.RequestMetadata()))
 		}
-		side.active.Add(ctx, 1, m.active...)
+		// Background: exemplars of an in-flight count would be noise, and
+		// offering them costs a context lookup per call.
+		side.active.Add(context.Background(), 1, m.active...)
 		finished := false
 		defer func() {
 			if !finished { // a panic: the server answers Internal
-				i.end(ctx, span, side, m, call, start, rpc.Internal, "panic")
+				i.end(ctx, span, side, m, call, start, errPanic)
 			}
 		}()
 		resp, err := next(ctx, req)
 		finished = true
-		code, message := rpc.CodeOf(err), ""
-		if err != nil {
-			message = err.Error()
-			if rpcErr := new(rpc.Error); errors.As(err, &rpcErr) {
-				message = rpcErr.Message()
-			}
-		}
-		i.end(ctx, span, side, m, call, start, code, message)
+		i.end(ctx, span, side, m, call, start, err)
 		return resp, err
 	}
 }
 
+// errPanic stands for the answer to a handler that panicked.
+var errPanic = rpc.Errorf(rpc.Internal, "handler panicked")
+
 // end completes the span and records the call's metrics.
-func (i *Interceptor) end(ctx context.Context, span trace.Span, side *instruments, m *methodAttributes, call *rpc.Call, start time.Time, code rpc.Code, message string) {
+func (i *Interceptor) end(ctx context.Context, span trace.Span, side *instruments, m *methodAttributes, call *rpc.Call, start time.Time, err error) {
 	seconds := time.Since(start).Seconds()
-	c := m.forCode(code, call.IsClient())
+	c := m.forCode(rpc.CodeOf(err), call.IsClient())
 	if span.IsRecording() {
 		// The topic is known only now on the client: it is rendered
 		// when the request is sent.
@@ -126,12 +124,12 @@ func (i *Interceptor) end(ctx context.Context, span trace.Span, side *instrument
 		attrs = append(attrs, semconv.MessagingDestinationName(call.Topic()), TargetKey.String(call.Target()))
 		span.SetAttributes(append(attrs, c.span...)...)
 		if c.failed {
-			span.SetStatus(codes.Error, message)
+			span.SetStatus(codes.Error, errorMessage(err))
 		}
 	}
 	span.End()
 	side.duration.Record(ctx, seconds, c.record...)
-	side.active.Add(ctx, -1, m.active...)
+	side.active.Add(context.Background(), -1, m.active...)
 }
 
 // methodAttributes returns the shared attributes of the call's method and
@@ -143,4 +141,13 @@ func (i *Interceptor) methodAttributes(call *rpc.Call) *methodAttributes {
 	}
 	m, _ := i.methods.LoadOrStore(key, newMethodAttributes(key))
 	return m.(*methodAttributes)
+}
+
+// errorMessage is the message of err without its code, which the span's
+// attributes carry.
+func errorMessage(err error) string {
+	if rpcErr := new(rpc.Error); errors.As(err, &rpcErr) {
+		return rpcErr.Message()
+	}
+	return err.Error()
 }
