@@ -121,8 +121,9 @@ func WithWriteCoalescing(on bool) ConnOption {
 	return connOptionFunc(func(c *connConfig) { c.writeCoalescing = &on })
 }
 
-// WithTCPQuickAck makes a plain TCP connection on Linux acknowledge what it
-// reads at once (TCP_QUICKACK) while at most two calls are in flight on it.
+// WithTCPQuickAck makes a plain TCP connection on Linux acknowledge the
+// broker's acknowledgements (PUBACK and the like) at once (TCP_QUICKACK)
+// while at most 16 calls are in flight on it.
 // A broker that leaves Nagle's algorithm on, as Mosquitto does unless
 // set_tcp_nodelay is true, otherwise holds an answer that follows an
 // acknowledgement until our delayed ACK, about 40 ms per call. It pays when

@@ -271,4 +271,12 @@ func TestTransportScanCountsPublishes(t *testing.T) {
 			t.Errorf("chunks of %d: counted %d PUBLISH packets, want %d", chunk, got, want)
 		}
 	}
+	// Acknowledgements are told apart from PUBLISH packets.
+	r := &transportReader{c: &transportConn{}}
+	if r.scan([]byte{packetTypePublish << 4, 2, 0, 0}) {
+		t.Error("a PUBLISH was taken for an acknowledgement")
+	}
+	if !r.scan([]byte{packetTypePuback << 4, 2, 0, 1}) {
+		t.Error("a PUBACK was not seen")
+	}
 }
