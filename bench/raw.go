@@ -64,8 +64,8 @@ type rawResponder struct {
 }
 
 // startRawResponder answers requests on requestTopic. With protocolProps it
-// sends what an mqttrpc server sends along: content type, expiry,
-// mqttrpc-status and mqttrpc-target.
+// sends what an mqttrpc server sends along to a unicast protobuf call:
+// expiry and mqttrpc-status.
 func startRawResponder(ctx context.Context, brokerURL, clientID, requestTopic string, protocolProps bool) (*rawResponder, error) {
 	r := &rawResponder{}
 	cm, err := connect(ctx, brokerURL, clientID, func(pr paho.PublishReceived) (bool, error) {
@@ -76,9 +76,8 @@ func startRawResponder(ctx context.Context, brokerURL, clientID, requestTopic st
 		props := &paho.PublishProperties{CorrelationData: p.Properties.CorrelationData}
 		if protocolProps {
 			expiry := uint32(10)
-			props.ContentType = p.Properties.ContentType
 			props.MessageExpiry = &expiry
-			props.User = paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}, {Key: "mqttrpc-target", Value: benchServerID}}
+			props.User = paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}}
 		}
 		r.wg.Add(1)
 		go func() {
@@ -163,9 +162,8 @@ func (r *rawRequester) call(ctx context.Context, payload []byte) error {
 	props := &paho.PublishProperties{ResponseTopic: r.responseTopic, CorrelationData: id[:]}
 	if r.protocolProps {
 		expiry := uint32(10)
-		props.ContentType = "application/protobuf"
 		props.MessageExpiry = &expiry
-		props.User = paho.UserProperties{{Key: "mqttrpc-version", Value: "1"}, {Key: "mqttrpc-timeout", Value: "9999"}}
+		props.User = paho.UserProperties{{Key: "mqttrpc-timeout", Value: "9999"}}
 	}
 	_, err := r.cm.Publish(ctx, &paho.Publish{
 		QoS:        1,

@@ -46,10 +46,12 @@ type Client struct {
 	subscribeMu sync.Mutex
 	subscribed  bool
 
-	mu         sync.Mutex
-	pending    map[[16]byte]chan *paho.Publish // unary calls: one reply each
-	broadcasts map[[16]byte]chan *paho.Publish // broadcasts: many replies each
-	closed     bool
+	mu      sync.Mutex
+	pending map[[16]byte]chan *paho.Publish // unary calls: one reply each
+	// responseChans recycles the reply channels of unary calls.
+	responseChans sync.Pool
+	broadcasts    map[[16]byte]chan *paho.Publish // broadcasts: many replies each
+	closed        bool
 }
 
 type clientConfig struct {
@@ -78,6 +80,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		pending:       map[[16]byte]chan *paho.Publish{},
 		broadcasts:    map[[16]byte]chan *paho.Publish{},
 	}
+	c.responseChans.New = func() any { return make(chan *paho.Publish, 1) }
 	c.removeRoute = conn.addListener(c.handleResponse)
 	return c
 }
@@ -198,15 +201,15 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 		ctx, cancel = context.WithTimeout(ctx, s.client.timeout)
 		defer cancel()
 	}
-	ctx = withCall(ctx, call)
-	send := func(ctx context.Context, req any) (any, error) {
-		return resp, s.client.send(ctx, call, s.template, &cfg, req, resp)
-	}
 	var err error
 	if len(s.client.interceptors) == 0 {
-		_, err = send(ctx, req)
+		// Nobody can look at the context's Call: skip it and the closure.
+		err = s.client.send(ctx, call, s.template, &cfg, req, resp)
 	} else {
-		_, err = chainInterceptors(send, s.client.interceptors)(ctx, req)
+		send := func(ctx context.Context, req any) (any, error) {
+			return resp, s.client.send(ctx, call, s.template, &cfg, req, resp)
+		}
+		_, err = chainInterceptors(send, s.client.interceptors)(withCall(ctx, call), req)
 	}
 	if cfg.responseMetadata != nil {
 		*cfg.responseMetadata = call.respMeta
@@ -263,7 +266,7 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	if err != nil {
 		return err
 	}
-	ch := make(chan *paho.Publish, 1)
+	ch := c.responseChans.Get().(chan *paho.Publish)
 	id, err := c.register(false, ch)
 	if err != nil {
 		return err
@@ -278,6 +281,9 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 		if !ok {
 			return Errorf(Canceled, "client closed")
 		}
+		// Its one reply is taken and its pending entry gone: nobody else
+		// holds the channel.
+		c.responseChans.Put(ch)
 		return c.decodeResponse(call, cfg.codec, p, resp)
 	case <-ctx.Done():
 		if ctx.Err() == context.DeadlineExceeded {
@@ -312,12 +318,20 @@ func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req a
 		return nil, 0, err
 	}
 	call.topic = topic
-	props := &paho.PublishProperties{
-		ResponseTopic: c.responseTopic,
-		ContentType:   cfg.codec.ContentType(),
-		User:          make(paho.UserProperties, 0, 2+len(call.reqMeta)),
+	out := new(outgoingRequest)
+	props := &out.props
+	props.ResponseTopic = c.responseTopic
+	// Absent means protobuf, and absent mqttrpc-version means 1: every
+	// property costs allocations in the broker and in the server's MQTT
+	// client, so the defaults are not sent.
+	if ct := cfg.codec.ContentType(); ct != codec.ContentTypeProto {
+		props.ContentType = ct
 	}
-	props.User = append(props.User, paho.UserProperty{Key: propVersion, Value: protocolVersion})
+	props.MessageExpiry = &out.expiry
+	props.User = out.user[:0]
+	if len(call.reqMeta) > 0 {
+		props.User = make(paho.UserProperties, 0, 1+len(call.reqMeta))
+	}
 	for k, vs := range call.reqMeta {
 		if isReservedKey(k) {
 			return nil, 0, Errorf(InvalidArgument, "metadata key %q is reserved for the protocol", k)
@@ -338,7 +352,16 @@ func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req a
 	}
 	timeoutProp = len(props.User)
 	props.User = append(props.User, paho.UserProperty{Key: propTimeout})
-	return &paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}, timeoutProp, nil
+	out.publish = paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}
+	return &out.publish, timeoutProp, nil
+}
+
+// outgoingRequest holds a request PUBLISH and its parts in one allocation.
+type outgoingRequest struct {
+	publish paho.Publish
+	props   paho.PublishProperties
+	user    [1]paho.UserProperty // mqttrpc-timeout
+	expiry  uint32
 }
 
 // table returns the pending table of unary calls or of broadcasts. c.mu is
@@ -408,8 +431,12 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 	if left <= 0 {
 		return Errorf(DeadlineExceeded, "deadline exceeded before the request was sent")
 	}
-	expiry := expirySeconds(left)
-	p.Properties.MessageExpiry = &expiry
+	if p.Properties.MessageExpiry != nil {
+		*p.Properties.MessageExpiry = expirySeconds(left)
+	} else {
+		expiry := expirySeconds(left)
+		p.Properties.MessageExpiry = &expiry
+	}
 	p.Properties.User[timeoutProp].Value = strconv.FormatInt(max(left.Milliseconds(), 1), 10)
 	return c.conn.publish(ctx, p)
 }

@@ -49,6 +49,8 @@ type Conn struct {
 	gen       uint64          // connection generation, bumped on every connection up
 	genCtx    context.Context // ends when connection gen goes down; nil while down
 	genCancel context.CancelFunc
+	ops       map[uint64]context.CancelFunc // operations on the current connection, cancelled when it goes down
+	opSeq     uint64
 	readyCh   chan struct{} // closed once subscriptions are restored for gen
 	subs      map[string]paho.SubscribeOptions
 	lastError error // last connection error, for Dial's message
@@ -123,6 +125,16 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 		ConnectUsername:               cfg.username,
 		ConnectPassword:               cfg.password,
 		ClientConfig:                  paho.ClientConfig{ClientID: cfg.clientID},
+		// paho sizes a channel by the Receive Maximum it announces: 65,535
+		// slots (512 KiB) per connection when it announces none.
+		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			if cp.Properties == nil {
+				cp.Properties = &paho.ConnectProperties{}
+			}
+			receiveMax := uint16(4096)
+			cp.Properties.ReceiveMaximum = &receiveMax
+			return cp, nil
+		},
 	}
 	if cfg.ackAfterHandling == nil {
 		on := cfg.sessionExpiry > 0
@@ -272,6 +284,7 @@ func (c *Conn) Close(ctx context.Context) error {
 	c.closed = true
 	if c.genCancel != nil {
 		c.genCancel()
+		c.cancelOps()
 	}
 	c.mu.Unlock()
 	c.cancel()
@@ -292,6 +305,7 @@ func (c *Conn) connectionUp(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 	c.up = true
 	if c.genCancel != nil {
 		c.genCancel()
+		c.cancelOps()
 	}
 	c.genCtx, c.genCancel = context.WithCancel(c.ctx)
 	ready := make(chan struct{})
@@ -341,6 +355,7 @@ func (c *Conn) connectionDown() {
 	c.up = false
 	if c.genCancel != nil {
 		c.genCancel()
+		c.cancelOps()
 	}
 	c.genCtx, c.genCancel = nil, nil
 	c.mu.Unlock()
@@ -595,10 +610,33 @@ func (c *Conn) operationContext(ctx context.Context) (opCtx context.Context, don
 		return nil, nil
 	}
 	opCtx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(genCtx, cancel)
-	return opCtx, func() {
-		stop()
+	c.mu.Lock()
+	if c.genCtx != genCtx { // went down meanwhile
+		c.mu.Unlock()
 		cancel()
+		return opCtx, func() {}
+	}
+	if c.ops == nil {
+		c.ops = map[uint64]context.CancelFunc{}
+	}
+	c.opSeq++
+	id := c.opSeq
+	c.ops[id] = cancel
+	c.mu.Unlock()
+	return opCtx, func() {
+		c.mu.Lock()
+		delete(c.ops, id)
+		c.mu.Unlock()
+		cancel()
+	}
+}
+
+// cancelOps ends the operations of the connection that went down. c.mu is
+// held.
+func (c *Conn) cancelOps() {
+	for id, cancel := range c.ops {
+		cancel()
+		delete(c.ops, id)
 	}
 }
 

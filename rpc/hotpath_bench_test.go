@@ -63,7 +63,7 @@ func BenchmarkServerDispatch(b *testing.B) {
 			CorrelationData: corr,
 			ContentType:     codec.ContentTypeProto,
 			MessageExpiry:   &expiry,
-			User:            paho.UserProperties{{Key: propVersion, Value: "1"}, {Key: propTimeout, Value: "10000"}},
+			User:            paho.UserProperties{{Key: propTimeout, Value: "10000"}},
 		},
 		Payload: payload,
 	}

@@ -133,8 +133,8 @@ func connectRaw(b *testing.B, brokerURL string, onPublish func(paho.PublishRecei
 
 // startRawResponder answers requests on benchRequestTopic with their
 // payload, as a raw paho program would; withStatus adds the properties an
-// mqttrpc server sends (content type, expiry, mqttrpc-status and
-// mqttrpc-target).
+// mqttrpc server sends to a unicast protobuf call (expiry and
+// mqttrpc-status).
 func startRawResponder(b *testing.B, brokerURL string, withStatus bool) {
 	var cm *autopaho.ConnectionManager
 	var wg sync.WaitGroup
@@ -147,9 +147,8 @@ func startRawResponder(b *testing.B, brokerURL string, withStatus bool) {
 		props := &paho.PublishProperties{CorrelationData: p.Properties.CorrelationData}
 		if withStatus {
 			expiry := uint32(10)
-			props.ContentType = p.Properties.ContentType
 			props.MessageExpiry = &expiry
-			props.User = paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}, {Key: "mqttrpc-target", Value: "bench-dev"}}
+			props.User = paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}}
 		}
 		wg.Add(1)
 		go func() {
@@ -203,9 +202,8 @@ func (r *rawRequester) call(ctx context.Context, payload []byte) error {
 	props := &paho.PublishProperties{ResponseTopic: r.responseTopic, CorrelationData: id[:]}
 	if r.protocolProps {
 		expiry := uint32(10)
-		props.ContentType = "application/protobuf"
 		props.MessageExpiry = &expiry
-		props.User = paho.UserProperties{{Key: "mqttrpc-version", Value: "1"}, {Key: "mqttrpc-timeout", Value: "9999"}}
+		props.User = paho.UserProperties{{Key: "mqttrpc-timeout", Value: "9999"}}
 	}
 	if _, err := r.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: benchRequestTopic, Properties: props, Payload: payload}); err != nil {
 		return err

@@ -655,12 +655,13 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 			handlerErr = Errorf(ResourceExhausted, "response of %d bytes exceeds the server's limit of %d", len(payload), s.cfg.maxPayload)
 		}
 	}
-	target := s.cfg.serverID
-	if target == "" || s.cfg.gateway {
-		target = req.values.target
-	}
 	user := make([]userProperty, 0, 3+len(call.respMeta))
-	user = append(user, userProperty{propStatus, "0"}, userProperty{propTarget, target})
+	user = append(user, userProperty{propStatus, "0"})
+	// mqttrpc-target tells the caller who answered when it could not know:
+	// a broadcast or an anycast. A unicast caller named the target itself.
+	if t := req.values.target; (t == TargetAll || t == TargetAny) && s.cfg.serverID != "" {
+		user = append(user, userProperty{propTarget, s.cfg.serverID})
+	}
 	if handlerErr != nil {
 		rpcErr := asError(handlerErr)
 		user[0].value = strconv.FormatUint(uint64(rpcErr.Code()), 10)
@@ -683,11 +684,20 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 		topic: p.Properties.ResponseTopic,
 		properties: responseProperties{
 			correlationData: p.Properties.CorrelationData,
-			contentType:     cd.ContentType(),
+			contentType:     responseContentType(cd),
 			user:            user,
 		},
 		payload: payload,
 	}
+}
+
+// responseContentType is the ContentType of an answer encoded with cd:
+// none for protobuf, which is what an absent ContentType means.
+func responseContentType(cd codec.Codec) string {
+	if ct := cd.ContentType(); ct != codec.ContentTypeProto {
+		return ct
+	}
+	return ""
 }
 
 // publishResponse publishes an answer with what is left of deadline as its
@@ -697,15 +707,22 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 	if left <= 0 {
 		return nil
 	}
-	expiry := expirySeconds(left)
-	user := make(paho.UserProperties, len(cr.properties.user))
-	for i, u := range cr.properties.user {
-		user[i] = paho.UserProperty{Key: u.key, Value: u.value}
+	// One allocation for the packet and its parts.
+	out := new(outgoingResponse)
+	expiry := &out.expiry
+	*expiry = expirySeconds(left)
+	user := out.user[:0]
+	if len(cr.properties.user) > len(out.user) {
+		user = make(paho.UserProperties, 0, len(cr.properties.user))
 	}
-	props := &paho.PublishProperties{
+	for _, u := range cr.properties.user {
+		user = append(user, paho.UserProperty{Key: u.key, Value: u.value})
+	}
+	props := &out.props
+	*props = paho.PublishProperties{
 		CorrelationData: cr.properties.correlationData,
 		ContentType:     cr.properties.contentType,
-		MessageExpiry:   &expiry,
+		MessageExpiry:   expiry,
 		User:            user,
 	}
 	if cr.properties.contentType == codec.ContentTypeJSON {
@@ -713,7 +730,8 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 	}
 	backoff := 20 * time.Millisecond
 	for {
-		err := s.publish(ctx, &paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload})
+		out.publish = paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload}
+		err := s.publish(ctx, &out.publish)
 		if err == nil || !errors.Is(err, errTransport) {
 			return err
 		}
@@ -735,8 +753,16 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 		if left <= 0 {
 			return nil
 		}
-		expiry = expirySeconds(left)
+		*expiry = expirySeconds(left)
 	}
+}
+
+// outgoingResponse holds a response PUBLISH and its parts.
+type outgoingResponse struct {
+	publish paho.Publish
+	props   paho.PublishProperties
+	user    [3]paho.UserProperty // mqttrpc-status, mqttrpc-target, mqttrpc-message
+	expiry  uint32
 }
 
 // count records a dropped or rejected request in Stats and tells the drop

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
@@ -69,6 +71,16 @@ func userProps(p *paho.Publish) map[string]string {
 
 func u32(v uint32) *uint32 { return &v }
 
+// hasUserProperty reports whether p carries the user property key.
+func hasUserProperty(p *paho.Publish, key string) bool {
+	for _, u := range p.Properties.User {
+		if u.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
 // TestWireFormatFromOutside calls a server with JSON from a raw MQTT client
 // that follows docs/protocol.md alone, and checks every property of the
 // answers.
@@ -80,11 +92,15 @@ func TestWireFormatFromOutside(t *testing.T) {
 		raw.subscribe(t, responseTopic)
 		raw.subscribe(t, "evil/#")
 		topic := "mqttrpc/" + echoServiceName + "/dev-1/Echo"
-		publish := func(props *paho.PublishProperties, payload string) {
+		publishTo := func(topic string, props *paho.PublishProperties, payload string) {
 			t.Helper()
 			if _, err := raw.Publish(testCtx(t), &paho.Publish{Topic: topic, QoS: 1, Properties: props, Payload: []byte(payload)}); err != nil {
 				t.Fatal(err)
 			}
+		}
+		publish := func(props *paho.PublishProperties, payload string) {
+			t.Helper()
+			publishTo(topic, props, payload)
 		}
 
 		t.Run("ok", func(t *testing.T) {
@@ -115,12 +131,47 @@ func TestWireFormatFromOutside(t *testing.T) {
 				t.Errorf("message expiry %v, want 1..5 (what is left of the 5s timeout)", p.Properties.MessageExpiry)
 			case up["mqttrpc-status"] != "0":
 				t.Errorf("status %q", up["mqttrpc-status"])
-			case up["mqttrpc-target"] != "dev-1":
-				t.Errorf("target %q", up["mqttrpc-target"])
+			case hasUserProperty(p, "mqttrpc-target"):
+				t.Errorf("target %q on a unicast answer; the caller named it", up["mqttrpc-target"])
 			case up["mqttrpc-message"] != "":
 				t.Errorf("message %q on success", up["mqttrpc-message"])
 			case string(p.Payload) != `"hello"`:
 				t.Errorf("payload %q", p.Payload)
+			}
+		})
+
+		// Protobuf, the default: no ContentType, no mqttrpc-version, and
+		// the answer has no ContentType either. A broadcast answer names
+		// the server that gave it.
+		t.Run("protobuf broadcast", func(t *testing.T) {
+			req, err := proto.Marshal(wrapperspb.String("hi"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			publishTo("mqttrpc/"+echoServiceName+"/_all/Echo", &paho.PublishProperties{
+				ResponseTopic:   responseTopic,
+				CorrelationData: []byte("corr-pb"),
+				MessageExpiry:   u32(10),
+			}, string(req))
+			p := raw.next(10 * time.Second)
+			if p == nil {
+				t.Fatal("no response")
+			}
+			up := userProps(p)
+			var got wrapperspb.StringValue
+			switch {
+			case string(p.Properties.CorrelationData) != "corr-pb":
+				t.Errorf("correlation data %q", p.Properties.CorrelationData)
+			case p.Properties.ContentType != "":
+				t.Errorf("content type %q; absent means protobuf", p.Properties.ContentType)
+			case p.Properties.PayloadFormat != nil:
+				t.Errorf("payload format indicator %v on protobuf", *p.Properties.PayloadFormat)
+			case up["mqttrpc-status"] != "0":
+				t.Errorf("status %q", up["mqttrpc-status"])
+			case up["mqttrpc-target"] != "dev-1":
+				t.Errorf("target %q on a broadcast answer, want dev-1", up["mqttrpc-target"])
+			case proto.Unmarshal(p.Payload, &got) != nil || got.GetValue() != "hi":
+				t.Errorf("payload %x", p.Payload)
 			}
 		})
 
