@@ -16,6 +16,7 @@ type Call struct {
 	reqMeta     Metadata
 	respMeta    Metadata
 	codecName   string
+	unary       *unaryState // client: what sendUnary needs
 }
 
 type callKey struct{}

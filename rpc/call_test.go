@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -360,6 +361,49 @@ func TestInterceptorsRunInOrder(t *testing.T) {
 	defer mu.Unlock()
 	if fmt.Sprint(trace) != fmt.Sprint(want) {
 		t.Fatalf("interceptor order %v, want %v", trace, want)
+	}
+}
+
+// A client interceptor that hands next a context unrelated to the call's
+// gets an Internal error rather than a call sent without its options; one
+// that derives its context, and calls next twice, works.
+func TestInterceptorContext(t *testing.T) {
+	b := newTestbroker(t)
+	svc := &echoService{}
+	startServer(t, b.url, svc, rpc.WithServerID("dev-1"))
+	detached := rpc.UnaryInterceptorFunc(func(next rpc.UnaryFunc) rpc.UnaryFunc {
+		return func(ctx context.Context, req any) (any, error) {
+			return next(context.Background(), req)
+		}
+	})
+	client := newClient(t, b.url, rpc.WithInterceptors(detached))
+	_, err := echo(testCtx(t), client, "x", rpc.To("dev-1"))
+	if rpc.CodeOf(err) != rpc.Internal || !strings.Contains(err.Error(), "context") {
+		t.Fatalf("got %v, want Internal about the context", err)
+	}
+	if n := svc.calls.Load(); n != 0 {
+		t.Fatalf("handler ran %d times for a call that failed before sending", n)
+	}
+
+	twice := rpc.UnaryInterceptorFunc(func(next rpc.UnaryFunc) rpc.UnaryFunc {
+		return func(ctx context.Context, req any) (any, error) {
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if _, err := next(ctx, req); err != nil {
+				return nil, err
+			}
+			return next(context.WithValue(ctx, struct{}{}, 1), req)
+		}
+	})
+	client = newClient(t, b.url, rpc.WithInterceptors(twice))
+	for i := range 3 {
+		got, err := echo(testCtx(t), client, fmt.Sprint(i), rpc.To("dev-1"))
+		if err != nil || got != fmt.Sprint(i) {
+			t.Fatalf("call %d: got %q, %v", i, got, err)
+		}
+	}
+	if n := svc.calls.Load(); n != 6 {
+		t.Fatalf("handler ran %d times, want 6 (3 calls, each sent twice by the interceptor)", n)
 	}
 }
 

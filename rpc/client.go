@@ -37,6 +37,7 @@ type Client struct {
 	conn          *Conn
 	responseTopic string
 	interceptors  []Interceptor
+	chain         UnaryFunc // the interceptors around sendUnary; nil without interceptors
 	timeout       time.Duration
 	retry         RetryPolicy
 	maxPayload    int
@@ -79,6 +80,10 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		logger:        cfg.logger,
 		pending:       map[[16]byte]chan *paho.Publish{},
 		broadcasts:    map[[16]byte]chan *paho.Publish{},
+	}
+	if len(c.interceptors) > 0 {
+		// Built once: the interceptors' closures are not made per call.
+		c.chain = chainInterceptors(c.sendUnary, c.interceptors)
 	}
 	c.responseChans.New = func() any { return make(chan *paho.Publish, 1) }
 	c.removeRoute = conn.addListener(c.handleResponse)
@@ -202,14 +207,12 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 		defer cancel()
 	}
 	var err error
-	if len(s.client.interceptors) == 0 {
-		// Nobody can look at the context's Call: skip it and the closure.
+	if s.client.chain == nil {
+		// Nobody can look at the context's Call: skip it.
 		err = s.client.send(ctx, call, s.template, &cfg, req, resp)
 	} else {
-		send := func(ctx context.Context, req any) (any, error) {
-			return resp, s.client.send(ctx, call, s.template, &cfg, req, resp)
-		}
-		_, err = chainInterceptors(send, s.client.interceptors)(withCall(ctx, call), req)
+		call.unary = &unaryState{template: s.template, cfg: &cfg, resp: resp}
+		_, err = s.client.chain(withCall(ctx, call), req)
 	}
 	if cfg.responseMetadata != nil {
 		*cfg.responseMetadata = call.respMeta
@@ -218,6 +221,25 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 		return asError(err)
 	}
 	return nil
+}
+
+// unaryState is what the innermost step of a unary call needs besides the
+// request, carried by the Call through the interceptors.
+type unaryState struct {
+	template *TopicTemplate
+	cfg      *callConfig
+	resp     any
+}
+
+// sendUnary is the innermost step of a unary call under interceptors: it
+// sends req for the Call in ctx.
+func (c *Client) sendUnary(ctx context.Context, req any) (any, error) {
+	call, ok := CallFromContext(ctx)
+	if !ok || call.unary == nil || !call.isClient {
+		return nil, Errorf(Internal, "a client interceptor called the next step with a context that does not derive from the one it was given")
+	}
+	u := call.unary
+	return u.resp, c.send(ctx, call, u.template, u.cfg, req, u.resp)
 }
 
 // callConfig applies the stub's options, then the call's.
