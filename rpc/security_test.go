@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
@@ -180,8 +181,10 @@ func TestMosquittoTLSPasswordsACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// paho serialises its writes only on a connection that is a sync.Locker;
+	// over TLS, a PUBACK written while a PUBLISH is would corrupt the stream.
 	mallory := &rawClient{received: make(chan *paho.Publish, 16)}
-	mallory.Client = paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: "mallory", OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+	mallory.Client = paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), ClientID: "mallory", OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 		mallory.received <- pr.Packet
 		return true, nil
 	}}})
