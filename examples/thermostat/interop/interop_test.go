@@ -28,8 +28,7 @@ const (
 	aptInstall = "apt-get install -y mosquitto-clients python3-paho-mqtt"
 	npmInstall = "npm ci --prefix examples/thermostat/interop"
 
-	service  = "example.thermostat.v1.Thermostat"
-	deviceID = "dev-7"
+	service = "example.thermostat.v1.Thermostat"
 
 	// hangGuard bounds one foreign process; every client also has its own
 	// 5 s timeout for the answer, so this only catches a hung process.
@@ -121,7 +120,12 @@ func TestJSONFromForeignClients(t *testing.T) {
 						skipOrFail(t, missing)
 					}
 					// A fresh device per client: its target starts at 20 °C.
-					startDevice(t, "mqtt://"+addr)
+					// Each has its own ID: a device that reconnects with the
+					// ID of one that has just left may lose its
+					// subscriptions on mochi (the old session's cleanup is
+					// keyed by client ID).
+					deviceID := "dev-7-" + c.name
+					startDevice(t, "mqtt://"+addr, deviceID)
 
 					got := c.call(t, argv, addr, deviceID, "SetTarget", `{"celsius": 22}`)
 					wantOK(t, "SetTarget 22", got)
@@ -182,7 +186,7 @@ func checkNoServer(t *testing.T, argv []string, addr string, want []outcome) {
 }
 
 // startDevice serves the thermostat as deviceID on url until the test ends.
-func startDevice(t *testing.T, url string) {
+func startDevice(t *testing.T, url, deviceID string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
