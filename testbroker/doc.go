@@ -27,6 +27,17 @@
 // broker does not enforce a client's own Receive Maximum (mochi's code for it
 // can deadlock), leaving a slow client to TCP backpressure.
 //
+// It also closes a race between two connections with the same client ID.
+// When a connection whose session ends with it (clean start, or Session
+// Expiry Interval 0) closed just as a new one with its ID connected, or took
+// it over, mochi's cleanup of the old connection, done by client ID, could
+// remove the new one from the broker: it stayed connected but received
+// nothing. testbroker makes the two steps take turns per client ID: the old
+// connection finishes its cleanup before the new one looks for a session, or
+// the new one takes the session over before the old one decides to clean up,
+// which it then skips. Other client IDs never wait, and the closing of a
+// persistent session makes nobody wait.
+//
 // It raises mochi's limits so that thousands of concurrent QoS 1 publishes
 // from one client are never throttled or dropped: Receive Maximum announced to
 // clients and maximum inflight messages per client 65535 (mochi: 1024 and

@@ -32,7 +32,28 @@ type client struct {
 }
 
 // connect connects an MQTT 5 client with a clean start; edit adjusts CONNECT.
+// The client disconnects when the test ends.
 func connect(t *testing.T, addr, id string, edit ...func(*paho.Connect)) *client {
+	t.Helper()
+	c, _ := dial(t, addr, id, edit...)
+	t.Cleanup(func() { c.close(t) })
+	return c
+}
+
+// close sends DISCONNECT, closes the connection and waits for paho to stop.
+func (c *client) close(t *testing.T) {
+	t.Helper()
+	_ = c.Disconnect(&paho.Disconnect{})
+	select {
+	case <-c.Done():
+	case <-time.After(hangGuard):
+		t.Errorf("client %s did not shut down", c.id)
+	}
+}
+
+// dial connects an MQTT 5 client with a clean start, like connect, and returns
+// the CONNACK. Closing the client is up to the caller.
+func dial(t *testing.T, addr, id string, edit ...func(*paho.Connect)) (*client, *paho.Connack) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -61,18 +82,12 @@ func connect(t *testing.T, addr, id string, edit ...func(*paho.Connect)) *client
 	for _, e := range edit {
 		e(cp)
 	}
-	if _, err := c.Connect(timeout(t), cp); err != nil {
+	connack, err := c.Connect(timeout(t), cp)
+	if err != nil {
+		_ = conn.Close()
 		t.Fatalf("connect %s: %v", id, err)
 	}
-	t.Cleanup(func() {
-		_ = c.Disconnect(&paho.Disconnect{})
-		select {
-		case <-c.Done():
-		case <-time.After(hangGuard):
-			t.Errorf("client %s did not shut down", id)
-		}
-	})
-	return c
+	return c, connack
 }
 
 func (c *client) subscribe(t *testing.T, opts ...paho.SubscribeOptions) {

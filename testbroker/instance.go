@@ -52,10 +52,14 @@ func startInstance(ln net.Listener, faults *faultTable, log *slog.Logger) (*inst
 		SysTopicResendInterval: sysTopicInterval,
 	})
 	hook := newFaultHook(server, faults)
-	listener := newTrackingListener("testbroker", ln)
+	gate := newSessionGateHook()
+	listener := newTrackingListener("testbroker", ln, gate.connectionDone)
 	err := server.AddHook(new(allowAllHook), nil)
 	if err == nil {
 		err = server.AddHook(hook, nil)
+	}
+	if err == nil {
+		err = server.AddHook(gate, nil)
 	}
 	if err == nil {
 		err = server.AddListener(listener)

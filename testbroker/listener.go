@@ -21,6 +21,7 @@ type trackingListener struct {
 	id         string
 	ln         net.Listener
 	log        *slog.Logger
+	done       func(net.Conn) // called once mochi is done with a connection; may be nil
 	acceptDone chan struct{}
 
 	mu       sync.Mutex
@@ -31,11 +32,14 @@ type trackingListener struct {
 
 var _ listeners.Listener = (*trackingListener)(nil)
 
-func newTrackingListener(id string, ln net.Listener) *trackingListener {
+// newTrackingListener wraps ln. done, if not nil, is called with each
+// accepted connection once mochi's goroutine for it has returned.
+func newTrackingListener(id string, ln net.Listener, done func(net.Conn)) *trackingListener {
 	return &trackingListener{
 		id:         id,
 		ln:         ln,
 		log:        slog.New(slog.DiscardHandler),
+		done:       done,
 		acceptDone: make(chan struct{}),
 		conns:      make(map[net.Conn]struct{}),
 	}
@@ -79,6 +83,9 @@ func (l *trackingListener) Serve(establish listeners.EstablishFn) {
 			defer l.untrack(conn)
 			if err := establish(l.id, conn); err != nil {
 				l.log.Debug("client connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+			}
+			if l.done != nil {
+				l.done(conn)
 			}
 		}()
 	}
