@@ -203,7 +203,7 @@ func runTable() error {
 		return nil
 	}
 	mqttImpls := []string{implRaw, implMQTTRPC, implNoCoalesce, implPahoRPC}
-	testbrokerImpls := append([]string{implRaw, implRawProps}, mqttImpls[1:]...)
+	testbrokerImpls := append(append([]string{implRaw, implRawProps}, mqttImpls[1:]...), implNoQuickAck, implNoTransport)
 	if err := run(func() (*target, error) { return testbrokerTarget(testbrokerImpls) }); err != nil {
 		return err
 	}
