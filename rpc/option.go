@@ -123,12 +123,16 @@ func WithWriteCoalescing(on bool) ConnOption {
 
 // WithTCPQuickAck makes a plain TCP connection on Linux acknowledge the
 // broker's acknowledgements (PUBACK and the like) at once (TCP_QUICKACK)
-// while at most 16 calls are in flight on it.
+// once it has seen the broker stall, while at most 16 calls are in flight.
 // A broker that leaves Nagle's algorithm on, as Mosquitto does unless
-// set_tcp_nodelay is true, otherwise holds an answer that follows an
-// acknowledgement until our delayed ACK, about 40 ms per call. It pays when
-// both the caller's and the server's connections have it. Default: on; it
-// does nothing on other systems, or over TLS and WebSocket.
+// set_tcp_nodelay is true, holds a packet that follows an acknowledgement
+// until our delayed ACK, about 40 ms per call. The connection recognises
+// such stalls (a packet 38-60 ms after an acknowledgement) and re-arms
+// TCP_QUICKACK after the third, so the first calls on such a broker are
+// slow and the rest are not; on a broker with TCP_NODELAY it never re-arms
+// and costs nothing. It pays when both the caller's and the server's
+// connections have it. Default: on; it does nothing on other systems, or
+// over TLS and WebSocket.
 func WithTCPQuickAck(on bool) ConnOption {
 	return connOptionFunc(func(c *connConfig) { c.quickAck = &on })
 }

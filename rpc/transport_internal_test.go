@@ -280,3 +280,49 @@ func TestTransportScanCountsPublishes(t *testing.T) {
 		t.Error("a PUBACK was not seen")
 	}
 }
+
+// TestTransportStallDetection feeds read times to the stall detector: it
+// arms after stallsToArm reads that follow an acknowledgement by about the
+// delayed-ACK timeout, and not for fast answers, long idle gaps or gaps
+// after reads without an acknowledgement.
+func TestTransportStallDetection(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	type read struct {
+		after  time.Duration // since the previous read
+		sawAck bool
+	}
+	cases := []struct {
+		name  string
+		reads []read
+		armed bool
+	}{
+		{"NODELAY broker: answers right behind acknowledgements", repeatReads(200, read{after: 0, sawAck: true}, read{after: 150 * time.Microsecond}), false},
+		{"idle gaps longer than a stall", repeatReads(20, read{after: 0, sawAck: true}, read{after: 2 * time.Second}), false},
+		{"stall-long gaps after reads without an acknowledgement", repeatReads(20, read{after: 0}, read{after: 40 * time.Millisecond}), false},
+		{"two stalls are not enough", repeatReads(stallsToArm-1, read{after: 0, sawAck: true}, read{after: 41 * time.Millisecond}), false},
+		{"Nagle broker: every answer 40 ms behind the acknowledgement", repeatReads(stallsToArm, read{after: 0, sawAck: true}, read{after: 41 * time.Millisecond}), true},
+		{"stalls among fast answers", append(repeatReads(100, read{after: 0, sawAck: true}, read{after: 100 * time.Microsecond}), repeatReads(stallsToArm, read{after: time.Millisecond, sawAck: true}, read{after: 44 * time.Millisecond})...), true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var r transportReader
+			now := t0
+			for _, rd := range tc.reads {
+				now = now.Add(rd.after)
+				r.detectStall(rd.sawAck, now)
+			}
+			if r.armed != tc.armed {
+				t.Fatalf("armed = %v after %d reads (%d stalls), want %v", r.armed, len(tc.reads), r.stalls, tc.armed)
+			}
+		})
+	}
+}
+
+// repeatReads repeats the reads pattern n times.
+func repeatReads[T any](n int, pattern ...T) []T {
+	var out []T
+	for range n {
+		out = append(out, pattern...)
+	}
+	return out
+}
