@@ -9,7 +9,8 @@ import (
 
 // BroadcastReply is one server's answer to a broadcast.
 type BroadcastReply struct {
-	// Target is the ID of the server that answered (its mqttrpc-target).
+	// Target is the ID of the server that answered (its mqttrpc-target),
+	// or "" for a server without an ID (a gateway).
 	Target string
 	// Response is the decoded response, nil when Err is set.
 	Response any
@@ -28,9 +29,10 @@ const broadcastBuffer = 1024
 // The broadcast's deadline is ctx's (10 s by default, see
 // WithDefaultTimeout): servers answer within it, and the loop ends with it,
 // since nobody knows how many servers will answer. newResp allocates one
-// response message per reply. A server that answers twice (a redelivered
-// request) is yielded once. Client interceptors see the publication of the
-// request; their returned response is nil.
+// response message per reply. A server with an ID that answers twice (a
+// redelivered request) is yielded once. Client interceptors see the
+// publication of the request, wrapped for each broadcast; their returned
+// response is nil.
 //
 //	for r := range stub.Broadcast(ctx, req, func() any { return new(pb.Reading) }) {
 //		if r.Err != nil { ... }
@@ -52,17 +54,19 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 		}
 		ctx = withCall(ctx, call)
 		replies := make(chan *paho.Publish, broadcastBuffer)
-		var registered bool
-		var id [16]byte
+		// Every publication's ID routes to replies: an interceptor may call
+		// next more than once.
+		var ids [][16]byte
 		send := func(ctx context.Context, req any) (any, error) {
 			p, timeoutProp, err := c.prepare(call, s.template, &cfg, req)
 			if err != nil {
 				return nil, err
 			}
-			if id, err = c.register(true, replies); err != nil {
+			id, err := c.register(true, replies)
+			if err != nil {
 				return nil, err
 			}
-			registered = true
+			ids = append(ids, id)
 			p.Properties.CorrelationData = id[:]
 			return nil, c.publishWithRetry(ctx, p, timeoutProp)
 		}
@@ -72,9 +76,11 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 		} else {
 			_, err = chainInterceptors(send, c.interceptors)(ctx, req)
 		}
-		if registered {
-			defer c.forget(true, id)
-		}
+		defer func() {
+			for _, id := range ids {
+				c.forget(true, id)
+			}
+		}()
 		if err != nil {
 			yield(BroadcastReply{Err: asError(err)})
 			return
@@ -87,11 +93,17 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 					return // client closed
 				}
 				replyCall := &Call{service: call.service, method: call.method, isClient: true, target: TargetAll, topic: call.topic}
+				// A server that answers twice (a redelivered request) is
+				// yielded once. Servers without an ID (gateways) send no
+				// mqttrpc-target and cannot be told apart: each answer is
+				// yielded.
 				target := responseTarget(p)
-				if seen[target] {
-					continue
+				if target != "" {
+					if seen[target] {
+						continue
+					}
+					seen[target] = true
 				}
-				seen[target] = true
 				reply := BroadcastReply{Target: target}
 				resp := newResp()
 				if err := c.decodeResponse(replyCall, cfg.codec, p, resp); err != nil {

@@ -76,3 +76,48 @@ func TestBroadcastStopsWhenLoopBreaks(t *testing.T) {
 		t.Fatalf("%d pending after the loop", n)
 	}
 }
+
+// Gateways without a server ID send no mqttrpc-target: each of their
+// answers is yielded rather than counted once. An interceptor that publishes
+// a broadcast twice leaves no routing entry behind.
+func TestBroadcastGatewaysAndInterceptors(t *testing.T) {
+	b := newTestbroker(t)
+	for range 2 {
+		startServer(t, b.url, &echoService{}, rpc.WithGateway())
+	}
+	twice := rpc.UnaryInterceptorFunc(func(next rpc.UnaryFunc) rpc.UnaryFunc {
+		return func(ctx context.Context, req any) (any, error) {
+			if _, err := next(ctx, req); err != nil {
+				return nil, err
+			}
+			return next(ctx, req)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		opts []rpc.ClientOption
+		want int
+	}{
+		{"plain", nil, 2},
+		{"published twice", []rpc.ClientOption{rpc.WithInterceptors(twice)}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newClient(t, b.url, tc.opts...)
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			n := 0
+			for r := range client.Broadcast(ctx, echoServiceName, "Echo", wrapperspb.String("hi"), func() any { return new(wrapperspb.StringValue) }) {
+				if r.Err != nil || r.Target != "" {
+					t.Errorf("reply %+v, want an answer without target", r)
+				}
+				n++
+			}
+			if n != tc.want {
+				t.Errorf("%d replies from 2 gateways, want %d", n, tc.want)
+			}
+			if p := rpc.PendingCalls(client); p != 0 {
+				t.Errorf("%d routing entries left after the broadcast", p)
+			}
+		})
+	}
+}

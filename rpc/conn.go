@@ -611,7 +611,7 @@ func (c *Conn) operationContext(ctx context.Context) (opCtx context.Context, don
 	}
 	opCtx, cancel := context.WithCancel(ctx)
 	c.mu.Lock()
-	if c.genCtx != genCtx { // went down meanwhile
+	if c.genCtx != genCtx || c.closed { // went down or closed meanwhile
 		c.mu.Unlock()
 		cancel()
 		return opCtx, func() {}

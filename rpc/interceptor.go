@@ -12,10 +12,10 @@ type UnaryFunc func(ctx context.Context, req any) (any, error)
 // authentication and tracing are interceptors.
 //
 // The function WrapUnary returns may run for many calls, concurrently: a
-// client or server wraps its interceptors once. It passes next a context
-// derived from the one it was given (context.WithValue, WithTimeout and the
-// like), which carries the call: on a client, next fails with Internal
-// otherwise.
+// client or server wraps its interceptors once (a client's broadcasts wrap
+// them per broadcast). It passes next a context derived from the one it was
+// given (context.WithValue, WithTimeout and the like), which carries the
+// call: on a client's unary call, next fails with Internal otherwise.
 type Interceptor interface {
 	WrapUnary(next UnaryFunc) UnaryFunc
 }

@@ -232,8 +232,9 @@ func WithMaxPayload(n int) ClientServerOption {
 // --- server options ---
 
 // WithServerID sets the server's ID: it serves requests whose {target} is
-// this ID, and names itself in the mqttrpc-target response property. A
-// device uses its device ID. The ID may not start with "_".
+// this ID, and names itself in the mqttrpc-target property of its answers
+// to broadcast (_all) and anycast (_any) requests. A device uses its device
+// ID. The ID may not start with "_".
 func WithServerID(id string) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.serverID = id })
 }

@@ -53,7 +53,9 @@ const (
 	// an ACK segment per acknowledgement (15-20 % CPU per call at 16 calls
 	// in flight on the embedded broker). An idle connection whose next
 	// packet happens to come 38-60 ms after an acknowledgement counts too;
-	// such a connection is quiet enough that the re-arm costs nothing.
+	// such a connection is quiet enough that the re-arm costs nothing, and
+	// so is one whose calls take 40-60 ms each. Once armed, a connection
+	// stays armed.
 	stallMin    = 38 * time.Millisecond
 	stallMax    = 60 * time.Millisecond
 	stallsToArm = 3
@@ -114,7 +116,6 @@ type transportConn struct {
 	buf      []byte
 	spare    []byte
 	complete int
-	writing  bool  // the flusher is in a write system call
 	err      error // the first write error, returned by every later write
 	closed   bool
 	done     chan struct{} // closed when the flusher has returned
@@ -187,13 +188,11 @@ func (c *transportConn) takeLocked() []byte {
 	c.buf = append(c.spare[:0], c.buf[c.complete:]...)
 	c.spare = nil
 	c.complete = 0
-	c.writing = true
 	return out
 }
 
 // wroteLocked ends a write. c.mu is held.
 func (c *transportConn) wroteLocked(out []byte, err error) {
-	c.writing = false
 	if cap(out) <= 2*transportWriteLimit {
 		c.spare = out[:0]
 	}
@@ -259,14 +258,16 @@ func (c *transportConn) writeDirect(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flusher writes out whole packets queued while another write was in
-// progress, all that accumulated in one system call.
+// flusher writes out the whole packets queued since its last write, all of
+// them in one system call: a packet queued on an idle connection is written
+// as soon as the flusher wakes, and those queued while it writes go out
+// together in the next write.
 func (c *transportConn) flusher() {
 	defer close(c.done)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		for c.err == nil && (c.writing || (c.complete == 0 && !c.closed)) {
+		for c.err == nil && c.complete == 0 && !c.closed {
 			c.wake.Wait()
 		}
 		if c.err != nil || c.complete == 0 {
