@@ -453,12 +453,7 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 	if left <= 0 {
 		return Errorf(DeadlineExceeded, "deadline exceeded before the request was sent")
 	}
-	if p.Properties.MessageExpiry != nil {
-		*p.Properties.MessageExpiry = expirySeconds(left)
-	} else {
-		expiry := expirySeconds(left)
-		p.Properties.MessageExpiry = &expiry
-	}
+	*p.Properties.MessageExpiry = expirySeconds(left) // prepare points it into the request's allocation
 	p.Properties.User[timeoutProp].Value = strconv.FormatInt(max(left.Milliseconds(), 1), 10)
 	return c.conn.publish(ctx, p)
 }

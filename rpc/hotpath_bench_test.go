@@ -85,7 +85,7 @@ func BenchmarkServerDispatch(b *testing.B) {
 // the lookup of a duplicate.
 func BenchmarkDedup(b *testing.B) {
 	resp := &cachedResponse{qos: 1, topic: DefaultResponsePrefix + "caller-1", payload: make([]byte, 64),
-		properties: responseProperties{correlationData: make([]byte, 16), contentType: codec.ContentTypeProto, user: []userProperty{{propStatus, "0"}, {propTarget, "dev-1"}}}}
+		properties: responseProperties{correlationData: make([]byte, 16), user: []userProperty{{propStatus, "0"}}}}
 	corr := make([]byte, 16)
 	now := time.Now()
 	deadline := now.Add(10 * time.Second)

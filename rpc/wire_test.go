@@ -175,6 +175,44 @@ func TestWireFormatFromOutside(t *testing.T) {
 			}
 		})
 
+		// An explicit application/protobuf is the default spelled out; a
+		// later protocol version is refused with Unimplemented.
+		t.Run("explicit defaults and other versions", func(t *testing.T) {
+			req, err := proto.Marshal(wrapperspb.String("pb"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, tc := range []struct {
+				version string
+				status  rpc.Code
+			}{{"1", rpc.OK}, {"2", rpc.Unimplemented}} {
+				corr := "version-" + strconv.Itoa(i)
+				publish(&paho.PublishProperties{
+					ResponseTopic:   responseTopic,
+					CorrelationData: []byte(corr),
+					ContentType:     "application/protobuf",
+					MessageExpiry:   u32(10),
+					User:            paho.UserProperties{{Key: "mqttrpc-version", Value: tc.version}},
+				}, string(req))
+				p := raw.next(10 * time.Second)
+				if p == nil {
+					t.Fatalf("version %s: no response", tc.version)
+				}
+				up := userProps(p)
+				var got wrapperspb.StringValue
+				switch {
+				case string(p.Properties.CorrelationData) != corr:
+					t.Errorf("version %s: correlation data %q", tc.version, p.Properties.CorrelationData)
+				case up["mqttrpc-status"] != strconv.Itoa(int(tc.status)):
+					t.Errorf("version %s: status %q, want %d (message %q)", tc.version, up["mqttrpc-status"], tc.status, up["mqttrpc-message"])
+				case tc.status == rpc.OK && (proto.Unmarshal(p.Payload, &got) != nil || got.GetValue() != "pb"):
+					t.Errorf("version %s: payload %x", tc.version, p.Payload)
+				case tc.status != rpc.OK && !strings.Contains(up["mqttrpc-message"], "version"):
+					t.Errorf("version %s: message %q does not name the version", tc.version, up["mqttrpc-message"])
+				}
+			}
+		})
+
 		errorCases := []struct {
 			name        string
 			contentType string
