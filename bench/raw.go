@@ -64,8 +64,8 @@ type rawResponder struct {
 }
 
 // startRawResponder answers requests on requestTopic. With protocolProps it
-// sends what an mqttrpc server sends along to a unicast protobuf call:
-// expiry and mqttrpc-status.
+// sends what an mqttrpc server sends along to an OK answer of a unicast
+// protobuf call: the expiry.
 func startRawResponder(ctx context.Context, brokerURL, clientID, requestTopic string, protocolProps bool) (*rawResponder, error) {
 	r := &rawResponder{}
 	cm, err := connect(ctx, brokerURL, clientID, func(pr paho.PublishReceived) (bool, error) {
@@ -77,7 +77,6 @@ func startRawResponder(ctx context.Context, brokerURL, clientID, requestTopic st
 		if protocolProps {
 			expiry := uint32(10)
 			props.MessageExpiry = &expiry
-			props.User = paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}}
 		}
 		r.wg.Add(1)
 		go func() {

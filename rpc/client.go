@@ -526,13 +526,13 @@ func (c *Client) handleResponse(p *paho.Publish, ack func()) bool {
 
 func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Publish, resp any) error {
 	props := p.Properties
-	code, statusSeen := Unknown, false
+	code := OK // an answer without mqttrpc-status is OK
 	var message string
 	for _, u := range props.User {
 		switch u.Key {
 		case propStatus:
-			code, statusSeen = parseStatus(u.Value)
-			if !statusSeen {
+			var ok bool
+			if code, ok = parseStatus(u.Value); !ok {
 				return Errorf(Internal, "response has a malformed %s %q", propStatus, u.Value)
 			}
 		case propMessage:
@@ -542,9 +542,6 @@ func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Pu
 				call.ResponseMetadata().Add(u.Key, u.Value)
 			}
 		}
-	}
-	if !statusSeen {
-		return Errorf(Internal, "response has no %s property", propStatus)
 	}
 	if code != OK {
 		e := Errorf(code, "%s", message)

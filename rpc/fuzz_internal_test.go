@@ -86,14 +86,21 @@ func FuzzServeRequest(f *testing.F) {
 			if string(p.Properties.CorrelationData) != string(corr) {
 				t.Fatalf("correlation data %q, want %q", p.Properties.CorrelationData, corr)
 			}
-			status := ""
+			status, withStatus, withMessage := "", false, false
 			for _, u := range p.Properties.User {
-				if u.Key == propStatus {
-					status = u.Value
+				switch u.Key {
+				case propStatus:
+					status, withStatus = u.Value, true
+				case propMessage:
+					withMessage = true
 				}
 			}
-			if code, err := strconv.ParseUint(status, 10, 32); err != nil || Code(code) > maxCode {
+			// Absent means OK; when present it is an error's code.
+			if code, err := strconv.ParseUint(status, 10, 32); withStatus && (err != nil || code == 0 || Code(code) > maxCode) {
 				t.Fatalf("status %q", status)
+			}
+			if withStatus != withMessage {
+				t.Fatalf("status %q with a message: %v; an error has both, an OK answer neither", status, withMessage)
 			}
 			if p.Properties.MessageExpiry == nil || *p.Properties.MessageExpiry == 0 {
 				t.Fatalf("answer without expiry")

@@ -655,17 +655,24 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 			handlerErr = Errorf(ResourceExhausted, "response of %d bytes exceeds the server's limit of %d", len(payload), s.cfg.maxPayload)
 		}
 	}
-	user := make([]userProperty, 0, 3+len(call.respMeta))
-	user = append(user, userProperty{propStatus, "0"})
 	// mqttrpc-target tells the caller who answered when it could not know:
 	// a broadcast or an anycast. A unicast caller named the target itself.
-	if t := req.values.target; (t == TargetAll || t == TargetAny) && s.cfg.serverID != "" {
+	target := req.values.target
+	withTarget := (target == TargetAll || target == TargetAny) && s.cfg.serverID != ""
+	// An OK answer carries no mqttrpc-status: absent means 0 (protocol.md,
+	// "Defaults stay off the wire").
+	var user []userProperty
+	if n := len(call.respMeta); handlerErr != nil || withTarget || n > 0 {
+		user = make([]userProperty, 0, 3+n)
+	}
+	if withTarget {
 		user = append(user, userProperty{propTarget, s.cfg.serverID})
 	}
 	if handlerErr != nil {
 		rpcErr := asError(handlerErr)
-		user[0].value = strconv.FormatUint(uint64(rpcErr.Code()), 10)
-		user = append(user, userProperty{propMessage, rpcErr.Message()})
+		user = append(user,
+			userProperty{propStatus, strconv.FormatUint(uint64(rpcErr.Code()), 10)},
+			userProperty{propMessage, rpcErr.Message()})
 		for k, vs := range rpcErr.meta {
 			call.ResponseMetadata()[k] = append(call.ResponseMetadata()[k], vs...)
 		}
@@ -761,7 +768,7 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 type outgoingResponse struct {
 	publish paho.Publish
 	props   paho.PublishProperties
-	user    [3]paho.UserProperty // mqttrpc-status, mqttrpc-target, mqttrpc-message
+	user    [3]paho.UserProperty // mqttrpc-target, mqttrpc-status, mqttrpc-message
 	expiry  uint32
 }
 

@@ -129,8 +129,8 @@ func TestWireFormatFromOutside(t *testing.T) {
 				t.Errorf("payload format indicator %v, want 1 for JSON", p.Properties.PayloadFormat)
 			case p.Properties.MessageExpiry == nil || *p.Properties.MessageExpiry < 1 || *p.Properties.MessageExpiry > 5:
 				t.Errorf("message expiry %v, want 1..5 (what is left of the 5s timeout)", p.Properties.MessageExpiry)
-			case up["mqttrpc-status"] != "0":
-				t.Errorf("status %q", up["mqttrpc-status"])
+			case hasUserProperty(p, "mqttrpc-status"):
+				t.Errorf("status %q on an OK answer; absent means 0", up["mqttrpc-status"])
 			case hasUserProperty(p, "mqttrpc-target"):
 				t.Errorf("target %q on a unicast answer; the caller named it", up["mqttrpc-target"])
 			case up["mqttrpc-message"] != "":
@@ -166,8 +166,8 @@ func TestWireFormatFromOutside(t *testing.T) {
 				t.Errorf("content type %q; absent means protobuf", p.Properties.ContentType)
 			case p.Properties.PayloadFormat != nil:
 				t.Errorf("payload format indicator %v on protobuf", *p.Properties.PayloadFormat)
-			case up["mqttrpc-status"] != "0":
-				t.Errorf("status %q", up["mqttrpc-status"])
+			case hasUserProperty(p, "mqttrpc-status"):
+				t.Errorf("status %q on an OK answer; absent means 0", up["mqttrpc-status"])
 			case up["mqttrpc-target"] != "dev-1":
 				t.Errorf("target %q on a broadcast answer, want dev-1", up["mqttrpc-target"])
 			case proto.Unmarshal(p.Payload, &got) != nil || got.GetValue() != "hi":
@@ -199,12 +199,16 @@ func TestWireFormatFromOutside(t *testing.T) {
 					t.Fatalf("version %s: no response", tc.version)
 				}
 				up := userProps(p)
+				wantStatus := strconv.Itoa(int(tc.status))
+				if tc.status == rpc.OK {
+					wantStatus = "" // absent on an OK answer
+				}
 				var got wrapperspb.StringValue
 				switch {
 				case string(p.Properties.CorrelationData) != corr:
 					t.Errorf("version %s: correlation data %q", tc.version, p.Properties.CorrelationData)
-				case up["mqttrpc-status"] != strconv.Itoa(int(tc.status)):
-					t.Errorf("version %s: status %q, want %d (message %q)", tc.version, up["mqttrpc-status"], tc.status, up["mqttrpc-message"])
+				case up["mqttrpc-status"] != wantStatus:
+					t.Errorf("version %s: status %q, want %q (message %q)", tc.version, up["mqttrpc-status"], wantStatus, up["mqttrpc-message"])
 				case tc.status == rpc.OK && (proto.Unmarshal(p.Payload, &got) != nil || got.GetValue() != "pb"):
 					t.Errorf("version %s: payload %x", tc.version, p.Payload)
 				case tc.status != rpc.OK && !strings.Contains(up["mqttrpc-message"], "version"):
@@ -260,5 +264,74 @@ func TestWireFormatFromOutside(t *testing.T) {
 				t.Errorf("unexpected message on %q", p.Topic)
 			}
 		})
+	})
+}
+
+// TestAnswersFromOutside has a raw MQTT client answer an mqttrpc client's
+// calls the way docs/protocol.md allows: an answer without mqttrpc-status
+// is OK, as is an explicit 0; any other code is that error, and a status
+// that is not a number is Internal.
+func TestAnswersFromOutside(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		responder := newRawClient(t, b.url, uniqueID("responder"))
+		responder.subscribe(t, "mqttrpc/"+echoServiceName+"/dev-raw/+")
+		client := newClient(t, b.url)
+
+		cases := []struct {
+			name    string
+			user    paho.UserProperties
+			code    rpc.Code
+			message string
+		}{
+			{name: "no status", code: rpc.OK},
+			{name: "status 0", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}}, code: rpc.OK},
+			{name: "status 5", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "5"}, {Key: "mqttrpc-message", Value: "no such sensor"}}, code: rpc.NotFound, message: "no such sensor"},
+			{name: "malformed status", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "ok"}}, code: rpc.Internal, message: "malformed"},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				type result struct {
+					value string
+					err   error
+				}
+				done := make(chan result, 1)
+				go func() {
+					v, err := echo(testCtx(t), client, "ping", rpc.To("dev-raw"))
+					done <- result{v, err}
+				}()
+				req := responder.next(10 * time.Second)
+				if req == nil {
+					t.Fatal("the responder got no request")
+				}
+				var payload []byte
+				if tc.code == rpc.OK {
+					var err error
+					if payload, err = proto.Marshal(wrapperspb.String("pong")); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := responder.Publish(testCtx(t), &paho.Publish{
+					Topic: req.Properties.ResponseTopic, QoS: 1, Payload: payload,
+					Properties: &paho.PublishProperties{CorrelationData: req.Properties.CorrelationData, User: tc.user},
+				}); err != nil {
+					t.Fatal(err)
+				}
+				var r result
+				select {
+				case r = <-done:
+				case <-time.After(15 * time.Second):
+					t.Fatal("the call did not return")
+				}
+				if tc.code == rpc.OK {
+					if r.err != nil || r.value != "pong" {
+						t.Fatalf("got %q, %v; want pong", r.value, r.err)
+					}
+					return
+				}
+				if e := wantCode(t, r.err, tc.code); !strings.Contains(e.Message(), tc.message) {
+					t.Errorf("message %q, want it to contain %q", e.Message(), tc.message)
+				}
+			})
+		}
 	})
 }

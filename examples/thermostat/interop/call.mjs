@@ -68,7 +68,9 @@ client.on('message', (topic, payload, packet) => {
   // mqtt.js gives user properties as an object; a key sent twice becomes an array.
   const user = props.userProperties ?? {}
   const first = (v) => (Array.isArray(v) ? v[0] : v)
-  const status = Number.parseInt(first(user['mqttrpc-status']) ?? '2', 10) // 2 = Unknown
+  // An OK answer carries no mqttrpc-status; a malformed one reads as 2, Unknown.
+  const rawStatus = first(user['mqttrpc-status'])
+  const status = rawStatus === undefined ? 0 : /^[0-9]+$/.test(rawStatus) ? Number(rawStatus) : 2
   let result = null
   if (payload.length > 0) {
     try {

@@ -89,9 +89,9 @@ def main():
             return  # an answer to some other call
         user = dict(getattr(props, "UserProperty", []))
         try:
-            status = int(user["mqttrpc-status"])
-        except (KeyError, ValueError):
-            status = 2  # Unknown: not an mqttrpc answer
+            status = int(user.get("mqttrpc-status", "0"))  # absent means 0, OK
+        except ValueError:
+            status = 2  # Unknown: a malformed status
         payload = None
         if msg.payload:
             try:
