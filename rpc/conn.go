@@ -15,6 +15,7 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/google/uuid"
 )
 
@@ -49,11 +50,13 @@ type Conn struct {
 	gen       uint64          // connection generation, bumped on every connection up
 	genCtx    context.Context // ends when connection gen goes down; nil while down
 	genCancel context.CancelFunc
-	ops       map[uint64]context.CancelFunc // operations on the current connection, cancelled when it goes down
+	ops       map[uint64]context.CancelFunc // subscribes on the current connection, cancelled when it goes down
 	opSeq     uint64
 	readyCh   chan struct{} // closed once subscriptions are restored for gen
 	subs      map[string]paho.SubscribeOptions
 	lastError error // last connection error, for Dial's message
+
+	session *sessionGuard // ends publishes that paho's session state forgets
 
 	ctx    context.Context // lives until Close; bounds background subscribes
 	cancel context.CancelFunc
@@ -219,6 +222,11 @@ func newConn(cfg autopaho.ClientConfig, logger *slog.Logger, owned bool) (*Conn,
 		}
 	}
 	cfg.OnPublishReceived = append([]func(paho.PublishReceived) (bool, error){c.route}, cfg.OnPublishReceived...)
+	if cfg.Session == nil {
+		cfg.Session = state.NewInMemory() // what autopaho would make
+	}
+	c.session = newSessionGuard(cfg.Session)
+	cfg.Session = c.session
 
 	cm, err := autopaho.NewConnection(c.ctx, cfg)
 	if err != nil {
@@ -291,6 +299,7 @@ func (c *Conn) Close(ctx context.Context) error {
 	var err error
 	if c.owned {
 		err = c.cm.Disconnect(ctx)
+		c.session.close()
 	}
 	c.wg.Wait()
 	return err
@@ -564,13 +573,21 @@ func (c *Conn) ackFunc(pr paho.PublishReceived) func() {
 // publish sends p and maps every failure to a Code, following DESIGN.md:
 // PUBACK 0x10 (no matching subscribers) is Unavailable, 0x87 PermissionDenied,
 // 0x97 and 0x95 ResourceExhausted, a connection that is down Unavailable.
+//
+// The publish waits under ctx itself: when the connection goes down, the
+// session guard (session.go) ends it if paho forgets it, and paho resends
+// it on the next connection if the session lives on.
 func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
-	opCtx, done := c.operationContext(ctx)
-	if opCtx == nil {
+	c.mu.Lock()
+	closed, up, gen := c.closed, c.genCtx != nil, c.gen
+	c.mu.Unlock()
+	switch {
+	case closed:
+		return errConnClosed
+	case !up:
 		return errNotConnected
 	}
-	resp, err := c.cm.Publish(opCtx, p)
-	done()
+	resp, err := c.cm.Publish(ctx, p)
 	if resp != nil && (resp.ReasonCode >= 0x80 || resp.ReasonCode == 0x10) {
 		return Errorf(codeForReason(resp.ReasonCode), "broker answered the publish on %q with reason 0x%02x (%s)", p.Topic, resp.ReasonCode, reasonText(resp.ReasonCode))
 	}
@@ -580,7 +597,10 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 	if ctx.Err() != nil {
 		return contextError(ctx.Err(), "publishing")
 	}
-	if opCtx.Err() != nil {
+	c.mu.Lock()
+	lost := c.gen != gen || c.genCtx == nil
+	c.mu.Unlock()
+	if lost {
 		return errConnLost
 	}
 	if errors.Is(err, autopaho.ConnectionDownError) {
@@ -598,7 +618,7 @@ var (
 	errConnLost     = &Error{code: Unavailable, err: fmt.Errorf("connection to the broker lost before the broker acknowledged (%w)", errTransport)}
 )
 
-// operationContext returns a context for one publish or subscribe on the
+// operationContext returns a context for one subscribe on the
 // current connection: it ends with ctx or when this connection goes down,
 // since paho may otherwise leave an operation on a dead connection waiting
 // until ctx ends. It returns nil while disconnected. Call done afterwards.

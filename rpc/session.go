@@ -1,0 +1,148 @@
+package rpc
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho/session"
+)
+
+// sessionGuard wraps paho's session state so that a QoS 1 or 2 publish
+// waiting for its acknowledgement ends when the state forgets it.
+//
+// paho.golang (v0.23) drops the transactions in flight without a word when
+// it cleans the session: on a lost connection whose Session Expiry Interval
+// is 0, and on a CONNACK without Session Present. A publish waiting for its
+// PUBACK would then wait until its context ends, that is until the call's
+// deadline. The guard remembers which response channel waits for which
+// packet identifier and, once paho has cleaned, sends each the empty packet
+// paho itself sends at shutdown, so the publish fails at once and the call
+// gets Unavailable. While the session lives on, paho resends the publish on
+// the next connection and the publish waits for that acknowledgement.
+//
+// This spares every publish a context of its own that the connection's end
+// cancels (six allocations and a map of children in the caller's context
+// per publish).
+type sessionGuard struct {
+	session.SessionManager
+
+	mu        sync.Mutex
+	connected bool
+	expiry    uint32                                  // Session Expiry Interval in force, as paho's state computes it
+	waiting   map[uint16]chan<- packets.ControlPacket // publishes awaiting their final acknowledgement
+	cleans    uint64                                  // how often the waiting publishes were ended
+}
+
+func newSessionGuard(inner session.SessionManager) *sessionGuard {
+	return &sessionGuard{SessionManager: inner, waiting: map[uint16]chan<- packets.ControlPacket{}}
+}
+
+// ConAckReceived passes the CONNACK on; without Session Present paho has
+// cleaned the session.
+func (g *sessionGuard) ConAckReceived(conn io.Writer, cp *packets.Connect, ca *packets.Connack) error {
+	err := g.SessionManager.ConAckReceived(conn, cp, ca)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.connected && g.expiry == 0 {
+		g.endAllLocked() // paho treats the previous connection as lost first
+	}
+	g.connected = true
+	switch {
+	case ca.Properties != nil && ca.Properties.SessionExpiryInterval != nil:
+		g.expiry = *ca.Properties.SessionExpiryInterval
+	case cp.Properties != nil && cp.Properties.SessionExpiryInterval != nil:
+		g.expiry = *cp.Properties.SessionExpiryInterval
+	default:
+		g.expiry = 0
+	}
+	if !ca.SessionPresent {
+		g.endAllLocked()
+	}
+	return err
+}
+
+// ConnectionLost passes the loss on; with a Session Expiry Interval of 0
+// paho has cleaned the session.
+func (g *sessionGuard) ConnectionLost(dp *packets.Disconnect) error {
+	err := g.SessionManager.ConnectionLost(dp)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.connected {
+		return err
+	}
+	g.connected = false
+	if dp != nil && dp.Properties != nil && dp.Properties.SessionExpiryInterval != nil {
+		g.expiry = *dp.Properties.SessionExpiryInterval
+	}
+	if g.expiry == 0 {
+		g.endAllLocked()
+	}
+	return err
+}
+
+// AddToSession remembers the response channel of a publish that paho took
+// into its session.
+func (g *sessionGuard) AddToSession(ctx context.Context, p session.Packet, resp chan<- packets.ControlPacket) error {
+	g.mu.Lock()
+	cleans := g.cleans
+	g.mu.Unlock()
+	err := g.SessionManager.AddToSession(ctx, p, resp)
+	if pub, ok := p.(*packets.Publish); ok && err == nil {
+		g.mu.Lock()
+		// If the session was cleaned meanwhile, paho may or may not have
+		// taken the packet into the new one: leave the publish to its
+		// context rather than risk a second answer nobody reads.
+		if g.cleans == cleans {
+			g.waiting[pub.PacketID] = resp
+		}
+		g.mu.Unlock()
+	}
+	return err
+}
+
+// PacketReceived forgets a publish when its final acknowledgement comes,
+// before paho frees the packet identifier for the next one.
+func (g *sessionGuard) PacketReceived(recv *packets.ControlPacket, pubChan chan<- *packets.Publish) error {
+	var id uint16
+	switch rp := recv.Content.(type) {
+	case *packets.Puback:
+		id = rp.PacketID
+	case *packets.Pubcomp:
+		id = rp.PacketID
+	case *packets.Pubrec:
+		if rp.ReasonCode >= 0x80 {
+			id = rp.PacketID
+		}
+	}
+	if id != 0 {
+		g.mu.Lock()
+		delete(g.waiting, id)
+		g.mu.Unlock()
+	}
+	return g.SessionManager.PacketReceived(recv, pubChan)
+}
+
+// close ends every publish still waiting: the Conn is closed and its
+// connection manager has stopped, so no acknowledgement can come.
+func (g *sessionGuard) close() {
+	g.mu.Lock()
+	g.endAllLocked()
+	g.mu.Unlock()
+}
+
+// endAllLocked ends the waiting publishes with the empty packet. The
+// channels have room for one packet and paho, having forgotten them, sends
+// nothing more on them; one that is full already holds its answer. g.mu is
+// held.
+func (g *sessionGuard) endAllLocked() {
+	for id, resp := range g.waiting {
+		select {
+		case resp <- packets.ControlPacket{}:
+		default:
+		}
+		delete(g.waiting, id)
+	}
+	g.cleans++
+}
