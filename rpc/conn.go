@@ -42,7 +42,8 @@ type Conn struct {
 	// Dial: a persistent session's redelivered requests arrive right after
 	// CONNACK, before the application has started its Server. They are
 	// replayed to each new listener and acknowledged when they expire.
-	parked []parkedPublish
+	parked    []parkedPublish
+	parkTimer *time.Timer // releases parked packets whose time is up; guarded by listenersMu
 
 	mu        sync.Mutex
 	up        bool
@@ -78,10 +79,9 @@ type parkedPublish struct {
 }
 
 // Bounds of the parked packets.
-const (
-	parkTime  = 10 * time.Second
-	parkLimit = 1000
-)
+const parkLimit = 1000
+
+var parkTime = 10 * time.Second // a variable for tests
 
 // Dial connects to the broker at brokerURL and waits until the connection is
 // up or ctx ends. Schemes: mqtt:// and tcp:// (plain TCP, port 1883 by
@@ -296,6 +296,13 @@ func (c *Conn) Close(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	c.cancel()
+	c.listenersMu.Lock()
+	if c.parkTimer != nil {
+		c.parkTimer.Stop()
+		c.parkTimer = nil
+	}
+	c.parked = nil // the broker redelivers what the session keeps
+	c.listenersMu.Unlock()
 	var err error
 	if c.owned {
 		err = c.cm.Disconnect(ctx)
@@ -548,6 +555,37 @@ func (c *Conn) park(p *paho.Publish, ack func()) {
 		keep = append(keep, pp)
 	}
 	c.parked = append(keep, parkedPublish{p: p, ack: ack, expires: now.Add(parkTime)})
+	c.scheduleReleaseLocked()
+}
+
+// scheduleReleaseLocked arms the timer that releases the parked packets
+// when the oldest one's time is up, so that the broker learns of them even
+// if nothing else arrives. c.listenersMu is held.
+func (c *Conn) scheduleReleaseLocked() {
+	if len(c.parked) == 0 || c.parkTimer != nil {
+		return
+	}
+	c.parkTimer = time.AfterFunc(time.Until(c.parked[0].expires), c.releaseParked)
+}
+
+// releaseParked acknowledges and forgets the parked packets whose time is
+// up: nobody wanted them.
+func (c *Conn) releaseParked() {
+	c.listenersMu.Lock()
+	defer c.listenersMu.Unlock()
+	c.parkTimer = nil
+	now := time.Now()
+	keep := c.parked[:0]
+	for _, pp := range c.parked {
+		if now.Before(pp.expires) {
+			keep = append(keep, pp)
+			continue
+		}
+		pp.ack()
+	}
+	clear(c.parked[len(keep):])
+	c.parked = keep
+	c.scheduleReleaseLocked()
 }
 
 // ackFunc returns the function that acknowledges a received PUBLISH, once,
