@@ -5,6 +5,7 @@
 //
 //	go run .                 # the full table (about 6 minutes)
 //	go run . -quick          # a subset in under a minute, ending with "ratio c=16: X.XX"
+//	go run . -targets        # the ratio targets, in alternating rounds (about 4 minutes)
 //	go run . -scale          # 10,000 calls in flight; 1,000 servers on one broker
 //	go run . -only 'testbroker/mqttrpc/64B/c16' -cpuprofile cpu.out
 //
@@ -26,6 +27,8 @@ import (
 
 var (
 	quick       = flag.Bool("quick", false, "run a subset in under a minute; the last line is `ratio c=16: X.XX`")
+	targets     = flag.Bool("targets", false, "check the ratio targets: raw paho, mqttrpc and mqttrpc without coalescing in alternating rounds, 64 B, on each broker")
+	rounds      = flag.Int("rounds", 5, "-targets: rounds per cell")
 	scale       = flag.Bool("scale", false, "run the scale measurements instead of the table")
 	duration    = flag.Duration("duration", 3*time.Second, "measured time per row")
 	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each row")
@@ -45,7 +48,7 @@ func main() {
 		runHoldingServer(*child)
 		return
 	}
-	if *quick {
+	if *quick || *targets {
 		// Shorter rows, unless the flags say otherwise.
 		explicit := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
@@ -63,6 +66,8 @@ func main() {
 		err = runScale()
 	case *quick:
 		err = runQuick()
+	case *targets:
+		err = runTargets()
 	default:
 		err = runTable()
 	}
