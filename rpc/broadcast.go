@@ -44,9 +44,8 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 			return
 		}
 		c := s.client
-		cfg := s.callConfig(opts)
-		cfg.target = TargetAll
-		call := s.newCall(&cfg)
+		call := s.newCall(opts, TargetAll)
+		cfg := &call.cfg
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, c.timeout)
@@ -58,17 +57,16 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 		// next more than once.
 		var ids [][16]byte
 		send := func(ctx context.Context, req any) (any, error) {
-			p, timeoutProp, err := c.prepare(call, s.template, &cfg, req)
+			out, timeoutProp, err := c.prepare(call, s.template, cfg, req)
 			if err != nil {
 				return nil, err
 			}
-			id, err := c.register(true, replies)
-			if err != nil {
+			if out.corr, err = c.register(true, replies); err != nil {
 				return nil, err
 			}
-			ids = append(ids, id)
-			p.Properties.CorrelationData = id[:]
-			return nil, c.publishWithRetry(ctx, p, timeoutProp)
+			ids = append(ids, out.corr)
+			out.publish.Properties.CorrelationData = out.corr[:]
+			return nil, c.publishWithRetry(ctx, &out.publish, timeoutProp)
 		}
 		var err error
 		if len(c.interceptors) == 0 {

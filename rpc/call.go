@@ -17,6 +17,7 @@ type Call struct {
 	respMeta    Metadata
 	codecName   string
 	unary       *unaryState // client: what sendUnary needs
+	cfg         callConfig  // client: the call's options (in the Call's allocation)
 }
 
 type callKey struct{}

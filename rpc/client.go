@@ -199,8 +199,8 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	if s.err != nil {
 		return s.err
 	}
-	cfg := s.callConfig(opts)
-	call := s.newCall(&cfg)
+	call := s.newCall(opts, "")
+	cfg := &call.cfg
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.client.timeout)
@@ -209,9 +209,9 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	var err error
 	if s.client.chain == nil {
 		// Nobody can look at the context's Call: skip it.
-		err = s.client.send(ctx, call, s.template, &cfg, req, resp)
+		err = s.client.send(ctx, call, s.template, cfg, req, resp)
 	} else {
-		call.unary = &unaryState{template: s.template, cfg: &cfg, resp: resp}
+		call.unary = &unaryState{template: s.template, cfg: cfg, resp: resp}
 		_, err = s.client.chain(withCall(ctx, call), req)
 	}
 	if cfg.responseMetadata != nil {
@@ -242,28 +242,28 @@ func (c *Client) sendUnary(ctx context.Context, req any) (any, error) {
 	return u.resp, c.send(ctx, call, u.template, u.cfg, req, u.resp)
 }
 
-// callConfig applies the stub's options, then the call's.
-func (s *Stub) callConfig(opts []CallOption) callConfig {
-	cfg := callConfig{qos: s.qos, codec: codec.Proto}
-	for _, o := range s.opts {
-		o.applyToCall(&cfg)
-	}
-	for _, o := range opts {
-		o.applyToCall(&cfg)
-	}
-	return cfg
-}
-
-// newCall describes a call for interceptors.
-func (s *Stub) newCall(cfg *callConfig) *Call {
+// newCall applies the stub's options, then the call's, into the Call's
+// cfg (target, if not empty, overrides them), and describes the call for
+// interceptors.
+func (s *Stub) newCall(opts []CallOption, target string) *Call {
 	call := &Call{
 		service:     s.service,
 		method:      s.method,
 		idempotency: s.idempotency,
 		isClient:    true,
-		target:      cfg.target,
-		codecName:   cfg.codec.Name(),
 	}
+	cfg := &call.cfg
+	cfg.qos, cfg.codec = s.qos, codec.Proto
+	for _, o := range s.opts {
+		o.applyToCall(cfg)
+	}
+	for _, o := range opts {
+		o.applyToCall(cfg)
+	}
+	if target != "" {
+		cfg.target = target
+	}
+	call.target, call.codecName = cfg.target, cfg.codec.Name()
 	if len(cfg.metadata) > 0 {
 		call.reqMeta = make(Metadata, len(cfg.metadata))
 		for _, p := range cfg.metadata {
@@ -284,17 +284,17 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	if call.target == TargetAll {
 		return Errorf(InvalidArgument, "a unary call cannot be addressed to _all (every server would answer); use Broadcast")
 	}
-	p, timeoutProp, err := c.prepare(call, tmpl, cfg, req)
+	out, timeoutProp, err := c.prepare(call, tmpl, cfg, req)
 	if err != nil {
 		return err
 	}
+	p := &out.publish
 	ch := c.responseChans.Get().(chan *paho.Publish)
-	id, err := c.register(false, ch)
-	if err != nil {
+	if out.corr, err = c.register(false, ch); err != nil {
 		return err
 	}
-	defer c.forget(false, id)
-	p.Properties.CorrelationData = id[:]
+	defer c.forget(false, out.corr)
+	p.Properties.CorrelationData = out.corr[:]
 	if err := c.publishWithRetry(ctx, p, timeoutProp); err != nil {
 		return err
 	}
@@ -318,7 +318,7 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 // prepare validates a call and builds its request PUBLISH, without
 // correlation data. timeoutProp is the index of the mqttrpc-timeout user
 // property, set at each attempt.
-func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req any) (p *paho.Publish, timeoutProp int, err error) {
+func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req any) (out *outgoingRequest, timeoutProp int, err error) {
 	switch {
 	case call.target == "":
 		return nil, 0, Errorf(InvalidArgument, "call to %s has no target: pass rpc.To(id) or rpc.ToAny()", call.Procedure())
@@ -340,7 +340,7 @@ func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req a
 		return nil, 0, err
 	}
 	call.topic = topic
-	out := new(outgoingRequest)
+	out = new(outgoingRequest)
 	props := &out.props
 	props.ResponseTopic = c.responseTopic
 	// Absent means protobuf, and absent mqttrpc-version means 1: every
@@ -375,7 +375,7 @@ func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req a
 	timeoutProp = len(props.User)
 	props.User = append(props.User, paho.UserProperty{Key: propTimeout})
 	out.publish = paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}
-	return &out.publish, timeoutProp, nil
+	return out, timeoutProp, nil
 }
 
 // outgoingRequest holds a request PUBLISH and its parts in one allocation.
@@ -384,6 +384,7 @@ type outgoingRequest struct {
 	props   paho.PublishProperties
 	user    [1]paho.UserProperty // mqttrpc-timeout
 	expiry  uint32
+	corr    [16]byte // the correlation data
 }
 
 // table returns the pending table of unary calls or of broadcasts. c.mu is

@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"container/list"
 	"sync"
 	"time"
 )
@@ -17,17 +16,19 @@ type dedupCache struct {
 	maxBytes   int
 
 	mu      sync.Mutex
-	entries map[string]*list.Element // of *dedupEntry
-	order   list.List                // oldest first
+	entries map[string]*dedupEntry
+	order   dedupEntry // sentinel of the entries in arrival order: order.next is the oldest
+	count   int
 	bytes   int
 }
 
 type dedupEntry struct {
-	key      string
-	expires  time.Time
-	done     bool
-	response *cachedResponse // set when done and the answer was published
-	size     int
+	prev, next *dedupEntry // in the cache's order, in the entry's allocation
+	key        string
+	expires    time.Time
+	done       bool
+	response   *cachedResponse // set when done and the answer was published
+	size       int
 }
 
 // cachedResponse is an answer kept to be sent again to a duplicate.
@@ -58,7 +59,9 @@ const (
 )
 
 func newDedupCache(maxEntries, maxBytes int) *dedupCache {
-	return &dedupCache{maxEntries: maxEntries, maxBytes: maxBytes, entries: map[string]*list.Element{}}
+	c := &dedupCache{maxEntries: maxEntries, maxBytes: maxBytes, entries: map[string]*dedupEntry{}}
+	c.order.prev, c.order.next = &c.order, &c.order
+	return c
 }
 
 // dedupKey identifies a call. The NUL cannot occur in a topic.
@@ -71,18 +74,20 @@ func dedupKey(responseTopic string, correlationData []byte) string {
 func (c *dedupCache) begin(key string, deadline, now time.Time) (dedupState, *cachedResponse) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok {
-		e := el.Value.(*dedupEntry)
+	if e, ok := c.entries[key]; ok {
 		if now.Before(e.expires) {
 			if !e.done {
 				return dedupRunning, nil
 			}
 			return dedupDone, e.response
 		}
-		c.remove(el)
+		c.remove(e)
 	}
 	e := &dedupEntry{key: key, expires: deadline, size: len(key) + entryOverhead}
-	c.entries[key] = c.order.PushBack(e)
+	e.prev, e.next = c.order.prev, &c.order
+	e.prev.next, c.order.prev = e, e
+	c.entries[key] = e
+	c.count++
 	c.bytes += e.size
 	c.evict(now)
 	return dedupNew, nil
@@ -95,11 +100,10 @@ const entryOverhead = 128
 func (c *dedupCache) finish(key string, resp *cachedResponse) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.entries[key]
+	e, ok := c.entries[key]
 	if !ok {
 		return // evicted meanwhile
 	}
-	e := el.Value.(*dedupEntry)
 	e.done = true
 	if resp != nil {
 		e.response = resp
@@ -118,29 +122,29 @@ func (c *dedupCache) finish(key string, resp *cachedResponse) {
 func (c *dedupCache) forget(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok {
-		c.remove(el)
+	if e, ok := c.entries[key]; ok {
+		c.remove(e)
 	}
 }
 
 // evict drops expired entries from the front and the oldest ones while over
 // a bound. A zero now skips the expiry check.
 func (c *dedupCache) evict(now time.Time) {
-	for el := c.order.Front(); el != nil; el = c.order.Front() {
-		e := el.Value.(*dedupEntry)
-		over := c.order.Len() > c.maxEntries || c.bytes > c.maxBytes
+	for e := c.order.next; e != &c.order; e = c.order.next {
+		over := c.count > c.maxEntries || c.bytes > c.maxBytes
 		expired := !now.IsZero() && !now.Before(e.expires)
 		if !over && !expired {
 			return
 		}
-		c.remove(el)
+		c.remove(e)
 	}
 }
 
-func (c *dedupCache) remove(el *list.Element) {
-	e := el.Value.(*dedupEntry)
-	c.order.Remove(el)
+func (c *dedupCache) remove(e *dedupEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
 	delete(c.entries, e.key)
+	c.count--
 	c.bytes -= e.size
 }
 
@@ -148,5 +152,5 @@ func (c *dedupCache) remove(el *list.Element) {
 func (c *dedupCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.order.Len()
+	return c.count
 }

@@ -105,6 +105,7 @@ type request struct {
 	deadline time.Time
 	dedupKey string // "" when the request has no CorrelationData
 	ack      func() // acknowledges the request to the broker
+	call     Call   // the handler's Call, in the request's allocation
 }
 
 // NewServer returns a Server on conn. Register services, then Start it.
@@ -526,7 +527,8 @@ func (s *Server) serve(req *request) {
 	}
 	ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
 	defer cancel()
-	call := &Call{
+	call := &req.call
+	*call = Call{
 		service:  req.svc.desc.ServiceName,
 		method:   req.values.method,
 		target:   req.values.target,
