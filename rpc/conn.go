@@ -306,7 +306,16 @@ func (c *Conn) Close(ctx context.Context) error {
 	var err error
 	if c.owned {
 		err = c.cm.Disconnect(ctx)
-		c.session.close()
+		if err == nil {
+			c.session.close()
+		} else {
+			// Disconnect gave up with ctx; the manager stops on its own
+			// (c.ctx is cancelled) and must have stopped first.
+			go func() {
+				<-c.cm.Done()
+				c.session.close()
+			}()
+		}
 	}
 	c.wg.Wait()
 	return err
@@ -636,9 +645,12 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 		return contextError(ctx.Err(), "publishing")
 	}
 	c.mu.Lock()
-	lost := c.gen != gen || c.genCtx == nil
+	closed, lost := c.closed, c.gen != gen || c.genCtx == nil
 	c.mu.Unlock()
-	if lost {
+	switch {
+	case closed:
+		return errConnClosed
+	case lost:
 		return errConnLost
 	}
 	if errors.Is(err, autopaho.ConnectionDownError) {

@@ -41,10 +41,18 @@ func newSessionGuard(inner session.SessionManager) *sessionGuard {
 
 // ConAckReceived passes the CONNACK on; without Session Present paho has
 // cleaned the session.
+//
+// g.mu is held across paho's own call (here and in ConnectionLost), so that
+// to AddToSession a clean of paho's and the guard's count of cleans are one
+// step: a publish that paho took into its session around a clean is never
+// recorded, and so never ended while paho still tracks it (paho would block
+// sending it its acknowledgement later). The lock order is always g.mu,
+// then paho's own lock: AddToSession and PacketReceived call paho without
+// holding g.mu.
 func (g *sessionGuard) ConAckReceived(conn io.Writer, cp *packets.Connect, ca *packets.Connack) error {
-	err := g.SessionManager.ConAckReceived(conn, cp, ca)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	err := g.SessionManager.ConAckReceived(conn, cp, ca)
 	if g.connected && g.expiry == 0 {
 		g.endAllLocked() // paho treats the previous connection as lost first
 	}
@@ -66,9 +74,9 @@ func (g *sessionGuard) ConAckReceived(conn io.Writer, cp *packets.Connect, ca *p
 // ConnectionLost passes the loss on; with a Session Expiry Interval of 0
 // paho has cleaned the session.
 func (g *sessionGuard) ConnectionLost(dp *packets.Disconnect) error {
-	err := g.SessionManager.ConnectionLost(dp)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	err := g.SessionManager.ConnectionLost(dp)
 	if !g.connected {
 		return err
 	}
@@ -103,7 +111,10 @@ func (g *sessionGuard) AddToSession(ctx context.Context, p session.Packet, resp 
 }
 
 // PacketReceived forgets a publish when its final acknowledgement comes,
-// before paho frees the packet identifier for the next one.
+// before paho frees the packet identifier for the next one. (Should paho
+// clean the session between this and its handling of the acknowledgement,
+// the publish is forgotten by both and waits for its context: a miss, never
+// a second answer.)
 func (g *sessionGuard) PacketReceived(recv *packets.ControlPacket, pubChan chan<- *packets.Publish) error {
 	var id uint16
 	switch rp := recv.Content.(type) {
@@ -124,8 +135,9 @@ func (g *sessionGuard) PacketReceived(recv *packets.ControlPacket, pubChan chan<
 	return g.SessionManager.PacketReceived(recv, pubChan)
 }
 
-// close ends every publish still waiting: the Conn is closed and its
-// connection manager has stopped, so no acknowledgement can come.
+// close ends every publish still waiting. Call it only once the connection
+// manager has stopped: then no acknowledgement can come, and paho, which
+// may still track those publishes, never sends on their channels again.
 func (g *sessionGuard) close() {
 	g.mu.Lock()
 	g.endAllLocked()

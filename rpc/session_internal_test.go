@@ -3,7 +3,9 @@ package rpc
 import (
 	"bytes"
 	"context"
+	"io"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho/session/state"
@@ -140,4 +142,70 @@ func TestSessionGuard(t *testing.T) {
 			t.Fatalf("publish got %d after close, want the empty packet", got)
 		}
 	})
+}
+
+// hookedState runs a hook right after paho's state has handled a CONNACK,
+// before the guard's own bookkeeping.
+type hookedState struct {
+	*state.State
+	after func()
+}
+
+func (h *hookedState) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packets.Connack) error {
+	err := h.State.ConAckReceived(w, cp, ca)
+	if f := h.after; f != nil {
+		h.after = nil
+		f()
+	}
+	return err
+}
+
+// A publish that paho takes into a freshly cleaned session, racing the
+// CONNACK that cleaned it, is not ended by the guard: paho still tracks it
+// and would block sending its acknowledgement into a full channel.
+func TestSessionGuardPublishRacingAClean(t *testing.T) {
+	inner := &hookedState{State: state.NewInMemory()}
+	s := &guardedSession{t: t, g: newSessionGuard(inner)}
+	s.connect(60, false)
+	if err := s.g.ConnectionLost(nil); err != nil {
+		t.Fatal(err)
+	}
+	var id uint16
+	resp := make(chan packets.ControlPacket, 1)
+	added := make(chan error, 1)
+	inner.after = func() { // paho has cleaned; a publish comes in now
+		go func() {
+			pb := &packets.Publish{QoS: 1, Topic: "t"}
+			err := s.g.AddToSession(context.Background(), pb, resp)
+			id = pb.PacketID
+			added <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // let it reach the guard
+	}
+	s.connect(60, false) // no Session Present: paho cleans
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	if got := answer(resp); got != -1 {
+		t.Fatalf("the publish taken into the new session got %d, want nothing", got)
+	}
+	// paho resends it on the next connection to the same session, and its
+	// PUBACK goes through.
+	if err := s.g.ConnectionLost(nil); err != nil {
+		t.Fatal(err)
+	}
+	s.connect(60, true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.puback(id)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("paho blocked handing over the PUBACK")
+	}
+	if got := answer(resp); got != int(packets.PUBACK) {
+		t.Fatalf("publish got %d, want its PUBACK", got)
+	}
 }
