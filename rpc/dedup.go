@@ -18,7 +18,6 @@ type dedupCache struct {
 	mu      sync.Mutex
 	entries map[string]*dedupEntry
 	order   dedupEntry // sentinel of the entries in arrival order: order.next is the oldest
-	count   int
 	bytes   int
 }
 
@@ -87,7 +86,6 @@ func (c *dedupCache) begin(key string, deadline, now time.Time) (dedupState, *ca
 	e.prev, e.next = c.order.prev, &c.order
 	e.prev.next, c.order.prev = e, e
 	c.entries[key] = e
-	c.count++
 	c.bytes += e.size
 	c.evict(now)
 	return dedupNew, nil
@@ -131,7 +129,7 @@ func (c *dedupCache) forget(key string) {
 // a bound. A zero now skips the expiry check.
 func (c *dedupCache) evict(now time.Time) {
 	for e := c.order.next; e != &c.order; e = c.order.next {
-		over := c.count > c.maxEntries || c.bytes > c.maxBytes
+		over := len(c.entries) > c.maxEntries || c.bytes > c.maxBytes
 		expired := !now.IsZero() && !now.Before(e.expires)
 		if !over && !expired {
 			return
@@ -144,7 +142,6 @@ func (c *dedupCache) remove(e *dedupEntry) {
 	e.prev.next, e.next.prev = e.next, e.prev
 	e.prev, e.next = nil, nil
 	delete(c.entries, e.key)
-	c.count--
 	c.bytes -= e.size
 }
 
@@ -152,5 +149,5 @@ func (c *dedupCache) remove(e *dedupEntry) {
 func (c *dedupCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.count
+	return len(c.entries)
 }

@@ -43,6 +43,14 @@ func (s *guardedSession) publish() (uint16, chan packets.ControlPacket) {
 	return pb.PacketID, resp
 }
 
+// lose hands the state a lost connection, as paho does.
+func (s *guardedSession) lose(dp *packets.Disconnect) {
+	s.t.Helper()
+	if err := s.g.ConnectionLost(dp); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 func (s *guardedSession) puback(id uint16) {
 	s.t.Helper()
 	cp := packets.NewControlPacket(packets.PUBACK)
@@ -73,9 +81,7 @@ func TestSessionGuard(t *testing.T) {
 		if got := answer(ackedResp); got != int(packets.PUBACK) {
 			t.Fatalf("acknowledged publish got %d, want its PUBACK", got)
 		}
-		if err := s.g.ConnectionLost(nil); err != nil {
-			t.Fatal(err)
-		}
+		s.lose(nil)
 		if got := answer(waitingResp); got != 0 {
 			t.Fatalf("waiting publish got %d when paho dropped it, want the empty packet", got)
 		}
@@ -88,9 +94,7 @@ func TestSessionGuard(t *testing.T) {
 		s := newGuardedSession(t)
 		s.connect(60, false)
 		id, resp := s.publish()
-		if err := s.g.ConnectionLost(nil); err != nil {
-			t.Fatal(err)
-		}
+		s.lose(nil)
 		if got := answer(resp); got != -1 {
 			t.Fatalf("publish got %d on a lost connection whose session lives on, want nothing yet", got)
 		}
@@ -108,9 +112,7 @@ func TestSessionGuard(t *testing.T) {
 		s := newGuardedSession(t)
 		s.connect(60, false)
 		_, resp := s.publish()
-		if err := s.g.ConnectionLost(nil); err != nil {
-			t.Fatal(err)
-		}
+		s.lose(nil)
 		s.connect(60, false) // no Session Present: paho cleans
 		if got := answer(resp); got != 0 {
 			t.Fatalf("publish got %d when paho cleaned the session, want the empty packet", got)
@@ -122,9 +124,7 @@ func TestSessionGuard(t *testing.T) {
 		s.connect(60, false)
 		_, resp := s.publish()
 		zero := uint32(0)
-		if err := s.g.ConnectionLost(&packets.Disconnect{Properties: &packets.Properties{SessionExpiryInterval: &zero}}); err != nil {
-			t.Fatal(err)
-		}
+		s.lose(&packets.Disconnect{Properties: &packets.Properties{SessionExpiryInterval: &zero}})
 		if got := answer(resp); got != 0 {
 			t.Fatalf("publish got %d, want the empty packet", got)
 		}
@@ -134,9 +134,7 @@ func TestSessionGuard(t *testing.T) {
 		s := newGuardedSession(t)
 		s.connect(60, false)
 		_, resp := s.publish()
-		if err := s.g.ConnectionLost(nil); err != nil {
-			t.Fatal(err)
-		}
+		s.lose(nil)
 		s.g.close()
 		if got := answer(resp); got != 0 {
 			t.Fatalf("publish got %d after close, want the empty packet", got)
@@ -167,9 +165,7 @@ func TestSessionGuardPublishRacingAClean(t *testing.T) {
 	inner := &hookedState{State: state.NewInMemory()}
 	s := &guardedSession{t: t, g: newSessionGuard(inner)}
 	s.connect(60, false)
-	if err := s.g.ConnectionLost(nil); err != nil {
-		t.Fatal(err)
-	}
+	s.lose(nil)
 	var id uint16
 	resp := make(chan packets.ControlPacket, 1)
 	added := make(chan error, 1)
@@ -191,9 +187,7 @@ func TestSessionGuardPublishRacingAClean(t *testing.T) {
 	}
 	// paho resends it on the next connection to the same session, and its
 	// PUBACK goes through.
-	if err := s.g.ConnectionLost(nil); err != nil {
-		t.Fatal(err)
-	}
+	s.lose(nil)
 	s.connect(60, true)
 	done := make(chan struct{})
 	go func() {
