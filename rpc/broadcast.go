@@ -61,7 +61,7 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 			if err != nil {
 				return nil, err
 			}
-			if out.corr, err = c.register(true, replies); err != nil {
+			if out.corr, err = c.conn.responses.register(&responseWaiter{client: c, ch: replies, broadcast: true}); err != nil {
 				return nil, err
 			}
 			ids = append(ids, out.corr)
@@ -76,7 +76,7 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 		}
 		defer func() {
 			for _, id := range ids {
-				c.forget(true, id)
+				c.conn.responses.forget(id)
 			}
 		}()
 		if err != nil {

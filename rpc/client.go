@@ -6,10 +6,10 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/google/uuid"
 
 	"github.com/mqttrpc/mqttrpc/codec"
 )
@@ -30,9 +30,11 @@ const (
 	defaultMaxPayload = 4 << 20
 )
 
-// Client calls methods of remote servers. It subscribes to one response
-// topic, mqttrpc/responses/<client ID>, and tells concurrent calls apart by
-// their CorrelationData. A Client is safe for concurrent use.
+// Client calls methods of remote servers. Every Client on a Conn receives
+// its answers on the Conn's one response topic, mqttrpc/responses/<client
+// ID>, and concurrent calls are told apart by their CorrelationData, so a
+// Conn may carry any number of Clients (each with its own options). A Client
+// is safe for concurrent use.
 type Client struct {
 	conn          *Conn
 	responseTopic string
@@ -42,17 +44,10 @@ type Client struct {
 	retry         RetryPolicy
 	maxPayload    int
 	logger        *slog.Logger
-	removeRoute   func()
 
-	subscribeMu sync.Mutex
-	subscribed  bool
-
-	mu      sync.Mutex
-	pending map[[16]byte]chan *paho.Publish // unary calls: one reply each
 	// responseChans recycles the reply channels of unary calls.
 	responseChans sync.Pool
-	broadcasts    map[[16]byte]chan *paho.Publish // broadcasts: many replies each
-	closed        bool
+	closed        atomic.Bool
 }
 
 type clientConfig struct {
@@ -78,41 +73,27 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		retry:         cfg.retry,
 		maxPayload:    cfg.maxPayload,
 		logger:        cfg.logger,
-		pending:       map[[16]byte]chan *paho.Publish{},
-		broadcasts:    map[[16]byte]chan *paho.Publish{},
 	}
 	if len(c.interceptors) > 0 {
 		// Built once: the interceptors' closures are not made per call.
 		c.chain = chainInterceptors(c.sendUnary, c.interceptors)
 	}
 	c.responseChans.New = func() any { return make(chan *paho.Publish, 1) }
-	c.removeRoute = conn.addListener(c.handleResponse)
+	conn.responses.attach(conn)
 	return c
 }
 
 // ResponseTopic returns the topic the client receives its responses on.
 func (c *Client) ResponseTopic() string { return c.responseTopic }
 
-// Close ends the calls in flight with Canceled and unsubscribes the response
-// topic. It does not close the Conn.
+// Close ends the client's calls in flight with Canceled. The last Client of
+// a Conn to close unsubscribes the response topic. Close does not close the
+// Conn.
 func (c *Client) Close(ctx context.Context) error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if c.closed.Swap(true) {
 		return nil
 	}
-	c.closed = true
-	pending, broadcasts := c.pending, c.broadcasts
-	c.pending, c.broadcasts = map[[16]byte]chan *paho.Publish{}, map[[16]byte]chan *paho.Publish{}
-	c.mu.Unlock()
-	c.removeRoute()
-	for _, ch := range pending {
-		close(ch)
-	}
-	for _, ch := range broadcasts {
-		close(ch)
-	}
-	return c.conn.unsubscribe(ctx, []string{c.responseTopic})
+	return c.conn.responses.detach(ctx, c)
 }
 
 // Stub returns the client side of one method of a service, for generated
@@ -290,10 +271,10 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 	}
 	p := &out.publish
 	ch := c.responseChans.Get().(chan *paho.Publish)
-	if out.corr, err = c.register(false, ch); err != nil {
+	if out.corr, err = c.conn.responses.register(&responseWaiter{client: c, ch: ch}); err != nil {
 		return err
 	}
-	defer c.forget(false, out.corr)
+	defer c.conn.responses.forget(out.corr)
 	p.Properties.CorrelationData = out.corr[:]
 	if err := c.publishWithRetry(ctx, p, timeoutProp); err != nil {
 		return err
@@ -387,30 +368,6 @@ type outgoingRequest struct {
 	corr    [16]byte // the correlation data
 }
 
-// table returns the pending table of unary calls or of broadcasts. c.mu is
-// held: Close replaces the tables.
-func (c *Client) table(broadcast bool) map[[16]byte]chan *paho.Publish {
-	if broadcast {
-		return c.broadcasts
-	}
-	return c.pending
-}
-
-// register makes a fresh correlation ID that routes responses to ch.
-func (c *Client) register(broadcast bool, ch chan *paho.Publish) ([16]byte, error) {
-	id, err := uuid.NewV7()
-	if err != nil {
-		return id, Errorf(Internal, "making a correlation ID: %w", err)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return id, Errorf(Canceled, "client closed")
-	}
-	c.table(broadcast)[id] = ch
-	return id, nil
-}
-
 // publishWithRetry publishes the request, again after Unavailable failures
 // as the retry policy allows.
 func (c *Client) publishWithRetry(ctx context.Context, p *paho.Publish, timeoutProp int) error {
@@ -446,7 +403,7 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 	if err := c.conn.waitReady(ctx); err != nil {
 		return err
 	}
-	if err := c.ensureSubscribed(ctx); err != nil {
+	if err := c.conn.responses.ensureSubscribed(ctx); err != nil {
 		return err
 	}
 	deadline, _ := ctx.Deadline()
@@ -466,63 +423,6 @@ var payloadFormatUTF8 byte = 1
 func expirySeconds(d time.Duration) uint32 {
 	s := math.Ceil(d.Seconds())
 	return uint32(min(max(s, 1), math.MaxUint32))
-}
-
-func (c *Client) forget(broadcast bool, id [16]byte) {
-	c.mu.Lock()
-	delete(c.table(broadcast), id)
-	c.mu.Unlock()
-}
-
-func (c *Client) ensureSubscribed(ctx context.Context) error {
-	c.subscribeMu.Lock()
-	defer c.subscribeMu.Unlock()
-	if c.subscribed {
-		return nil
-	}
-	err := c.conn.subscribe(ctx, []paho.SubscribeOptions{{Topic: c.responseTopic, QoS: 2}})
-	if err != nil {
-		return err
-	}
-	c.subscribed = true
-	return nil
-}
-
-// handleResponse runs on paho's receive goroutine: it hands the response to
-// its waiting call and never blocks.
-func (c *Client) handleResponse(p *paho.Publish, ack func()) bool {
-	if p.Topic != c.responseTopic {
-		return false
-	}
-	ack()
-	var id [16]byte
-	if p.Properties == nil || len(p.Properties.CorrelationData) != len(id) {
-		c.logger.Debug("mqttrpc: dropped a response without a valid correlation ID", "topic", p.Topic)
-		return true
-	}
-	copy(id[:], p.Properties.CorrelationData)
-	// Sends happen under the lock, so that Close cannot close a channel
-	// in between; they never block (one buffered slot per unary call, a
-	// select for broadcasts).
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if ch, ok := c.pending[id]; ok {
-		delete(c.pending, id)
-		ch <- p
-		return true
-	}
-	ch, ok := c.broadcasts[id]
-	if !ok {
-		// A late answer to a call that gave up, or a duplicate.
-		c.logger.Debug("mqttrpc: dropped a response to no pending call", "topic", p.Topic)
-		return true
-	}
-	select {
-	case ch <- p:
-	default:
-		c.logger.Warn("mqttrpc: dropped a broadcast reply: the reader is too slow", "topic", p.Topic)
-	}
-	return true
 }
 
 func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Publish, resp any) error {

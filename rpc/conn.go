@@ -59,6 +59,8 @@ type Conn struct {
 
 	session *sessionGuard // ends publishes that paho's session state forgets
 
+	responses responseRouter // the response topic shared by the Conn's Clients
+
 	ctx    context.Context // lives until Close; bounds background subscribes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // background subscribes

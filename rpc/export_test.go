@@ -1,8 +1,4 @@
 package rpc
 
 // PendingCalls returns the number of calls and broadcasts waiting for responses.
-func PendingCalls(c *Client) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.pending) + len(c.broadcasts)
-}
+func PendingCalls(c *Client) int { return c.conn.responses.pending(c) }

@@ -1,0 +1,213 @@
+package rpc
+
+import (
+	"context"
+	"sync"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/google/uuid"
+)
+
+// responseRouter is the Conn's one response subscription,
+// mqttrpc/responses/<client ID>, shared by every Client on the Conn. It
+// hands each response to the call its CorrelationData names, whichever
+// Client made it: the broker delivers a PUBLISH on a topic once per
+// connection, however many Clients wait on it.
+type responseRouter struct {
+	conn  *Conn
+	topic string
+
+	subscribeMu sync.Mutex // serialises subscribing; held across one SUBSCRIBE round trip
+	subscribed  bool
+	// subscribeDone is closed when the SUBSCRIBE in progress ends; callers
+	// wait for it under their own context.
+	subscribeDone chan struct{}
+	subscribeErr  error
+
+	mu          sync.Mutex
+	clients     int // open Clients; the subscription is dropped with the last
+	removeRoute func()
+	waiters     map[[16]byte]*responseWaiter
+}
+
+// responseWaiter is a call (or broadcast) waiting for its answers.
+type responseWaiter struct {
+	client    *Client
+	ch        chan *paho.Publish
+	broadcast bool // many replies, sent without blocking
+}
+
+// attach counts a new Client and, for the first, starts listening.
+func (r *responseRouter) attach(conn *Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conn == nil {
+		r.conn = conn
+		r.topic = DefaultResponsePrefix + conn.clientID
+		r.waiters = map[[16]byte]*responseWaiter{}
+	}
+	r.clients++
+	if r.removeRoute == nil {
+		// addListener replays parked packets to the new listener, which
+		// takes r.mu: listen from outside this critical section.
+		r.removeRoute = func() {}
+		r.mu.Unlock()
+		remove := r.conn.addListener(r.handle)
+		r.mu.Lock()
+		r.removeRoute = remove
+	}
+}
+
+// detach ends client's calls with Canceled and, when it was the last open
+// Client, unsubscribes the response topic.
+func (r *responseRouter) detach(ctx context.Context, client *Client) error {
+	r.mu.Lock()
+	var ended []*responseWaiter
+	for id, w := range r.waiters {
+		if w.client == client {
+			ended = append(ended, w)
+			delete(r.waiters, id)
+		}
+	}
+	r.clients--
+	last := r.clients == 0
+	var remove func()
+	if last {
+		remove, r.removeRoute = r.removeRoute, nil
+	}
+	r.mu.Unlock()
+	closed := map[chan *paho.Publish]bool{} // a broadcast's IDs share one channel
+	for _, w := range ended {
+		if !closed[w.ch] {
+			closed[w.ch] = true
+			close(w.ch)
+		}
+	}
+	if !last {
+		return nil
+	}
+	if remove != nil {
+		remove()
+	}
+	r.subscribeMu.Lock()
+	defer r.subscribeMu.Unlock()
+	r.mu.Lock()
+	reopened := r.clients > 0 // a new Client came meanwhile: it keeps the subscription
+	r.mu.Unlock()
+	if reopened {
+		return nil
+	}
+	r.subscribed = false
+	return r.conn.unsubscribe(ctx, []string{r.topic})
+}
+
+// register makes a fresh correlation ID that routes responses to w.
+func (r *responseRouter) register(w *responseWaiter) ([16]byte, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return id, Errorf(Internal, "making a correlation ID: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w.client.closed.Load() {
+		return id, Errorf(Canceled, "client closed")
+	}
+	r.waiters[id] = w
+	return id, nil
+}
+
+func (r *responseRouter) forget(id [16]byte) {
+	r.mu.Lock()
+	delete(r.waiters, id)
+	r.mu.Unlock()
+}
+
+// pending counts the calls and broadcasts of client waiting for answers.
+func (r *responseRouter) pending(client *Client) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, w := range r.waiters {
+		if w.client == client {
+			n++
+		}
+	}
+	return n
+}
+
+// ensureSubscribed subscribes the response topic once; concurrent callers
+// wait for the one SUBSCRIBE in flight, each under its own context.
+func (r *responseRouter) ensureSubscribed(ctx context.Context) error {
+	for {
+		r.subscribeMu.Lock()
+		if r.subscribed {
+			r.subscribeMu.Unlock()
+			return nil
+		}
+		if done := r.subscribeDone; done != nil {
+			r.subscribeMu.Unlock()
+			select {
+			case <-done:
+				continue // subscribed, or failed: look again
+			case <-ctx.Done():
+				return contextError(ctx.Err(), "subscribing to the response topic")
+			}
+		}
+		done := make(chan struct{})
+		r.subscribeDone = done
+		r.subscribeMu.Unlock()
+
+		err := r.conn.subscribe(ctx, []paho.SubscribeOptions{{Topic: r.topic, QoS: 2}})
+
+		r.subscribeMu.Lock()
+		r.subscribeDone = nil
+		if err == nil {
+			r.subscribed = true
+		}
+		r.subscribeMu.Unlock()
+		close(done)
+		return err
+	}
+}
+
+// handle runs on paho's receive goroutine: it hands the response to its
+// waiting call and never blocks.
+func (r *responseRouter) handle(p *paho.Publish, ack func()) bool {
+	if p.Topic != r.topic {
+		return false
+	}
+	ack()
+	var id [16]byte
+	if p.Properties == nil || len(p.Properties.CorrelationData) != len(id) {
+		r.conn.logger.Debug("mqttrpc: dropped a response without a valid correlation ID", "topic", p.Topic)
+		return true
+	}
+	copy(id[:], p.Properties.CorrelationData)
+	// Sends happen under the lock, so that detach cannot close a channel in
+	// between; they never block (one buffered slot per unary call, a
+	// select for broadcasts).
+	r.mu.Lock()
+	w, ok := r.waiters[id]
+	delivered := true
+	if ok {
+		if w.broadcast {
+			select {
+			case w.ch <- p:
+			default:
+				delivered = false
+			}
+		} else {
+			delete(r.waiters, id)
+			w.ch <- p
+		}
+	}
+	r.mu.Unlock()
+	switch {
+	case !ok:
+		// A late answer to a call that gave up, or a duplicate.
+		r.conn.logger.Debug("mqttrpc: dropped a response to no pending call", "topic", p.Topic)
+	case !delivered:
+		w.client.logger.Warn("mqttrpc: dropped a broadcast reply: the reader is too slow", "topic", p.Topic)
+	}
+	return true
+}
