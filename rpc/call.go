@@ -16,6 +16,7 @@ type Call struct {
 	reqMeta     Metadata
 	respMeta    Metadata
 	codecName   string
+	answeredBy  string      // client: the server that answered
 	unary       *unaryState // client: what sendUnary needs
 	cfg         callConfig  // client: the call's options (in the Call's allocation)
 }

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"strconv"
@@ -44,6 +45,7 @@ type Client struct {
 	retry         RetryPolicy
 	maxPayload    int
 	logger        *slog.Logger
+	err           error // a bad option: every call fails with it
 
 	// responseChans recycles the reply channels of unary calls.
 	responseChans sync.Pool
@@ -56,10 +58,13 @@ type clientConfig struct {
 	retry          RetryPolicy
 	maxPayload     int
 	logger         *slog.Logger
+	errs           []error // options given bad values
 }
 
 // NewClient returns a Client that calls over conn. Its response subscription
-// is made by the first call and restored after every reconnect.
+// is made by the first call and restored after every reconnect. An option
+// given a bad value (WithDefaultTimeout(0), say) makes every call fail with
+// InvalidArgument naming it.
 func NewClient(conn *Conn, opts ...ClientOption) *Client {
 	cfg := clientConfig{defaultTimeout: defaultTimeout, maxPayload: defaultMaxPayload, logger: conn.logger}
 	for _, o := range opts {
@@ -73,6 +78,9 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		retry:         cfg.retry,
 		maxPayload:    cfg.maxPayload,
 		logger:        cfg.logger,
+	}
+	if len(cfg.errs) > 0 {
+		c.err = cfg.errs[0]
 	}
 	if len(c.interceptors) > 0 {
 		// Built once: the interceptors' closures are not made per call.
@@ -102,7 +110,10 @@ func (c *Client) Close(ctx context.Context) error {
 // templates when it is generated, so it only happens with hand-written
 // descriptors).
 func (c *Client) Stub(desc *ServiceDesc, method string, opts ...CallOption) *Stub {
-	s := &Stub{client: c, service: desc.ServiceName, method: method, opts: opts}
+	s := &Stub{client: c, service: desc.ServiceName, method: method, opts: opts, err: c.err}
+	if s.err != nil {
+		return s
+	}
 	var md *MethodDesc
 	for i := range desc.Methods {
 		if desc.Methods[i].MethodName == method {
@@ -122,7 +133,7 @@ func (c *Client) Stub(desc *ServiceDesc, method string, opts ...CallOption) *Stu
 // without generated code: req and resp are messages of the codec (protobuf
 // messages for the built-in codecs), QoS 1 unless WithQoS says otherwise.
 func (c *Client) Call(ctx context.Context, service, method string, req, resp any, opts ...CallOption) error {
-	s := Stub{client: c, service: service, method: method, qos: QoS1, template: defaultTemplate}
+	s := Stub{client: c, service: service, method: method, qos: QoS1, template: defaultTemplate, err: c.err}
 	return s.Invoke(ctx, req, resp, opts...)
 }
 
@@ -167,6 +178,7 @@ type callConfig struct {
 	metadata         []metadataPair
 	tokens           []tokenOption
 	responseMetadata *Metadata
+	answeredBy       *string
 }
 
 type metadataPair struct {
@@ -197,6 +209,9 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	}
 	if cfg.responseMetadata != nil {
 		*cfg.responseMetadata = call.respMeta
+	}
+	if cfg.answeredBy != nil {
+		*cfg.answeredBy = call.answeredBy
 	}
 	if err != nil {
 		return asError(err)
@@ -290,9 +305,9 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 		return c.decodeResponse(call, cfg.codec, p, resp)
 	case <-ctx.Done():
 		if ctx.Err() == context.DeadlineExceeded {
-			return Errorf(DeadlineExceeded, "no response from %s on %q within the deadline", call.target, p.Topic)
+			return wrapCause(DeadlineExceeded, ctx.Err(), fmt.Sprintf("no response from %s on %q within the deadline", call.target, p.Topic))
 		}
-		return Errorf(Canceled, "call canceled")
+		return wrapCause(Canceled, ctx.Err(), "call canceled")
 	}
 }
 
@@ -336,11 +351,15 @@ func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req a
 		props.User = make(paho.UserProperties, 0, 1+len(call.reqMeta))
 	}
 	for k, vs := range call.reqMeta {
-		if isReservedKey(k) {
-			return nil, 0, Errorf(InvalidArgument, "metadata key %q is reserved for the protocol", k)
+		if err := checkMetadataKey(k); err != nil {
+			return nil, 0, err
 		}
 		for _, v := range vs {
-			props.User = append(props.User, paho.UserProperty{Key: k, Value: v})
+			wire, err := encodeMetadataValue(k, v)
+			if err != nil {
+				return nil, 0, err
+			}
+			props.User = append(props.User, paho.UserProperty{Key: k, Value: wire})
 		}
 	}
 	if cfg.codec.ContentType() == codec.ContentTypeJSON {
@@ -409,7 +428,7 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 	deadline, _ := ctx.Deadline()
 	left := time.Until(deadline)
 	if left <= 0 {
-		return Errorf(DeadlineExceeded, "deadline exceeded before the request was sent")
+		return wrapCause(DeadlineExceeded, context.DeadlineExceeded, "deadline exceeded before the request was sent")
 	}
 	*p.Properties.MessageExpiry = expirySeconds(left) // prepare points it into the request's allocation
 	p.Properties.User[timeoutProp].Value = strconv.FormatInt(max(left.Milliseconds(), 1), 10)
@@ -427,6 +446,11 @@ func expirySeconds(d time.Duration) uint32 {
 
 func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Publish, resp any) error {
 	props := p.Properties
+	if call.target == TargetAny || call.target == TargetAll {
+		call.answeredBy = responseTarget(p)
+	} else {
+		call.answeredBy = call.target
+	}
 	code := OK // an answer without mqttrpc-status is OK
 	var message string
 	for _, u := range props.User {
@@ -437,15 +461,16 @@ func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Pu
 				return Errorf(Internal, "response has a malformed %s %q", propStatus, u.Value)
 			}
 		case propMessage:
-			message = u.Value
+			message = decodeStatusMessage(u.Value)
 		default:
 			if !isReservedKey(u.Key) {
-				call.ResponseMetadata().Add(u.Key, u.Value)
+				call.ResponseMetadata().Add(u.Key, decodeMetadataValue(u.Key, u.Value))
 			}
 		}
 	}
 	if code != OK {
 		e := Errorf(code, "%s", message)
+		e.wire = true
 		if len(call.respMeta) > 0 {
 			e.meta = call.respMeta.Clone()
 		}

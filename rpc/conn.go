@@ -759,14 +759,6 @@ func reasonText(reason byte) string {
 	return fmt.Sprintf("reason 0x%02x", reason)
 }
 
-// contextError turns a context error into Canceled or DeadlineExceeded.
-func contextError(err error, doing string) *Error {
-	if errors.Is(err, context.Canceled) {
-		return Errorf(Canceled, "call canceled while %s", doing)
-	}
-	return Errorf(DeadlineExceeded, "deadline exceeded while %s", doing)
-}
-
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // connConfig collects ConnOptions.

@@ -1,8 +1,11 @@
 package rpc
 
 import (
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
 )
 
 // dedupCache makes sure that a request is executed once, however often it is
@@ -68,17 +71,43 @@ func dedupKey(responseTopic string, correlationData []byte) string {
 	return responseTopic + "\x00" + string(correlationData)
 }
 
+// requestDedupKey is the key that tells a request's copies apart, and
+// whether the request is known to be no copy (fresh). A call with
+// CorrelationData is keyed by it, so that a client's retry is recognised
+// too. One without (mosquitto_rr sends none) can only be recognised as a
+// QoS 1 or 2 redelivery: by its packet identifier on the server's session,
+// where a copy has DUP set and a request without DUP is new even if it
+// reuses the identifier of an older one. "" means no deduplication (QoS 0
+// without CorrelationData).
+func requestDedupKey(p *paho.Publish) (key string, fresh bool) {
+	if len(p.Properties.CorrelationData) > 0 {
+		return dedupKey(p.Properties.ResponseTopic, p.Properties.CorrelationData), false
+	}
+	if p.QoS == 0 || p.PacketID == 0 {
+		return "", false
+	}
+	return p.Properties.ResponseTopic + "\x01" + strconv.Itoa(int(p.PacketID)), !p.Duplicate()
+}
+
 // begin records a request that arrived with key and deadline. For a
 // duplicate it returns the state of the original and, when done, its answer.
 func (c *dedupCache) begin(key string, deadline, now time.Time) (dedupState, *cachedResponse) {
+	st, resp, _ := c.start(key, deadline, now, false)
+	return st, resp
+}
+
+// start is begin that also returns the new entry, to finish or forget it
+// by identity. With fresh, the request is known not to be a duplicate and
+// replaces an entry of the same key (a reused packet identifier).
+func (c *dedupCache) start(key string, deadline, now time.Time, fresh bool) (dedupState, *cachedResponse, *dedupEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[key]; ok {
-		if now.Before(e.expires) {
+		if now.Before(e.expires) && !fresh {
 			if !e.done {
-				return dedupRunning, nil
+				return dedupRunning, nil, nil
 			}
-			return dedupDone, e.response
+			return dedupDone, e.response, nil
 		}
 		c.remove(e)
 	}
@@ -88,7 +117,7 @@ func (c *dedupCache) begin(key string, deadline, now time.Time) (dedupState, *ca
 	c.entries[key] = e
 	c.bytes += e.size
 	c.evict(now)
-	return dedupNew, nil
+	return dedupNew, nil, e
 }
 
 // entryOverhead approximates the bookkeeping bytes of an entry.
@@ -97,10 +126,19 @@ const entryOverhead = 128
 // finish stores the answer of key's request (nil if none was published).
 func (c *dedupCache) finish(key string, resp *cachedResponse) {
 	c.mu.Lock()
+	e := c.entries[key]
+	c.mu.Unlock()
+	if e != nil {
+		c.finishEntry(e, resp)
+	}
+}
+
+// finishEntry stores the answer of e's request, if e is still in the cache.
+func (c *dedupCache) finishEntry(e *dedupEntry, resp *cachedResponse) {
+	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.entries[key]
-	if !ok {
-		return // evicted meanwhile
+	if c.entries[e.key] != e {
+		return // evicted or replaced meanwhile
 	}
 	e.done = true
 	if resp != nil {
@@ -115,12 +153,15 @@ func (c *dedupCache) finish(key string, resp *cachedResponse) {
 	c.evict(time.Time{})
 }
 
-// forget removes key: its request was not executed (rejected, expired
-// unanswered), so a retry deserves a fresh chance.
-func (c *dedupCache) forget(key string) {
+// forget removes e: its request was not executed (rejected, expired
+// unanswered), so a retry deserves a fresh chance. A nil e is ignored.
+func (c *dedupCache) forget(e *dedupEntry) {
+	if e == nil {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.entries[key]; ok {
+	if c.entries[e.key] == e {
 		c.remove(e)
 	}
 }

@@ -52,7 +52,7 @@ func newOfflineServer(t testing.TB) (*Server, func() []*paho.Publish) {
 	}
 	return s, func() []*paho.Publish {
 		s.workers.Wait()
-		s.rejecters.Wait()
+		s.early.wg.Wait()
 		mu.Lock()
 		defer mu.Unlock()
 		return sent

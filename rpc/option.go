@@ -171,12 +171,37 @@ func WithInterceptors(interceptors ...Interceptor) ClientServerOption {
 
 type defaultTimeoutOption struct{ d time.Duration }
 
-func (o defaultTimeoutOption) applyToClient(c *clientConfig) { c.defaultTimeout = o.d }
-func (o defaultTimeoutOption) applyToServer(c *serverConfig) { c.defaultTimeout = o.d }
+func (o defaultTimeoutOption) applyToClient(c *clientConfig) {
+	c.defaultTimeout = o.d
+	c.errs = appendPositive(c.errs, "WithDefaultTimeout", o.d)
+}
+
+func (o defaultTimeoutOption) applyToServer(c *serverConfig) {
+	c.defaultTimeout = o.d
+	c.errs = appendPositive(c.errs, "WithDefaultTimeout", o.d)
+}
+
+// appendPositive records an error for an option whose duration must be
+// positive.
+func appendPositive(errs []error, option string, d time.Duration) []error {
+	if d <= 0 {
+		return append(errs, Errorf(InvalidArgument, "%s(%v): the duration must be positive", option, d))
+	}
+	return errs
+}
+
+// appendAtLeast records an error for an option whose count must be at
+// least least.
+func appendAtLeast(errs []error, option string, n, least int) []error {
+	if n < least {
+		return append(errs, Errorf(InvalidArgument, "%s(%d): must be at least %d", option, n, least))
+	}
+	return errs
+}
 
 // WithDefaultTimeout sets the deadline of calls whose context has none
 // (client), or of requests that carry neither a MessageExpiryInterval nor
-// mqttrpc-timeout (server). Default: 10 s.
+// mqttrpc-timeout (server). Default: 10 s. It must be positive.
 func WithDefaultTimeout(d time.Duration) ClientServerOption {
 	return defaultTimeoutOption{d}
 }
@@ -211,22 +236,35 @@ func (p RetryPolicy) backoff(attempt int) time.Duration {
 }
 
 // WithRetry sets the client's retry policy. Default: no retries, so that a
-// call to a target nobody serves fails at once.
+// call to a target nobody serves fails at once. Negative fields are an
+// error.
 func WithRetry(p RetryPolicy) ClientOption {
-	return clientOptionFunc(func(c *clientConfig) { c.retry = p })
+	return clientOptionFunc(func(c *clientConfig) {
+		c.retry = p
+		if p.MaxAttempts < 0 || p.InitialBackoff < 0 || p.MaxBackoff < 0 {
+			c.errs = append(c.errs, Errorf(InvalidArgument, "WithRetry(%+v): fields may not be negative", p))
+		}
+	})
 }
 
 type maxPayloadOption struct{ n int }
 
-func (o maxPayloadOption) applyToClient(c *clientConfig) { c.maxPayload = o.n }
-func (o maxPayloadOption) applyToServer(c *serverConfig) { c.maxPayload = o.n }
+func (o maxPayloadOption) applyToClient(c *clientConfig) {
+	c.maxPayload = o.n
+	c.errs = appendAtLeast(c.errs, "WithMaxPayload", o.n, 1)
+}
+
+func (o maxPayloadOption) applyToServer(c *serverConfig) {
+	c.maxPayload = o.n
+	c.errs = appendAtLeast(c.errs, "WithMaxPayload", o.n, 1)
+}
 
 // WithMaxPayload bounds the payload of requests and responses, in bytes. A
 // client refuses to send a larger request and to accept a larger response; a
 // server answers a larger request, or a handler's larger response, with
-// ResourceExhausted. Default: 4 MiB.
+// ResourceExhausted. Default: 4 MiB. It must be at least 1.
 func WithMaxPayload(n int) ClientServerOption {
-	return maxPayloadOption{max(n, 1)}
+	return maxPayloadOption{n}
 }
 
 // --- server options ---
@@ -258,27 +296,44 @@ func WithoutBroadcast() ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.noBroadcast = true })
 }
 
-// WithConcurrency sets how many handlers run at once. Default: 64.
+// WithConcurrency sets how many handlers run at once. Default: 64. It must
+// be at least 1 (Start fails otherwise).
 func WithConcurrency(n int) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.concurrency = max(n, 1) })
+	return serverOptionFunc(func(c *serverConfig) {
+		c.concurrency = n
+		c.errs = appendAtLeast(c.errs, "WithConcurrency", n, 1)
+	})
 }
 
 // WithMethodConcurrency sets how many handlers of any one method run at
 // once, so that a slow method cannot take every worker. Default: three
-// quarters of WithConcurrency.
+// quarters of WithConcurrency. It must be at least 1.
 func WithMethodConcurrency(n int) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.methodConcurrency = max(n, 1) })
+	return serverOptionFunc(func(c *serverConfig) {
+		c.methodConcurrency = n
+		c.errs = appendAtLeast(c.errs, "WithMethodConcurrency", n, 1)
+	})
 }
 
 // WithQueueSize sets how many requests wait when all handlers are busy;
-// past it a request is answered ResourceExhausted. Default: 256.
+// past it a request is answered ResourceExhausted. Default: 256. 0 means no
+// queue; it may not be negative.
 func WithQueueSize(n int) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.queueSize = max(n, 0) })
+	return serverOptionFunc(func(c *serverConfig) {
+		c.queueSize = n
+		c.errs = appendAtLeast(c.errs, "WithQueueSize", n, 0)
+	})
 }
 
-// WithMaxTimeout caps the deadline a caller may ask for. Default: 5 minutes.
+// WithMaxTimeout caps the deadline a caller may ask for: when the cap
+// passes before the caller's deadline, the handler's context ends and the
+// caller is answered DeadlineExceeded at once. Default: 5 minutes. It must
+// be positive.
 func WithMaxTimeout(d time.Duration) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.maxTimeout = d })
+	return serverOptionFunc(func(c *serverConfig) {
+		c.maxTimeout = d
+		c.errs = appendPositive(c.errs, "WithMaxTimeout", d)
+	})
 }
 
 // WithResponseTopicPolicy decides which response topics the server publishes
@@ -297,9 +352,13 @@ func WithCodecs(codecs ...codec.Codec) ServerOption {
 
 // WithDedupLimits bounds the cache that keeps a request from running twice
 // (entries live until the request's deadline). Default: 10,000 entries and
-// 16 MiB.
+// 16 MiB. Both must be at least 1.
 func WithDedupLimits(entries, bytes int) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.dedupEntries, c.dedupBytes = max(entries, 1), max(bytes, 1) })
+	return serverOptionFunc(func(c *serverConfig) {
+		c.dedupEntries, c.dedupBytes = max(entries, 1), max(bytes, 1)
+		c.errs = appendAtLeast(c.errs, "WithDedupLimits entries", entries, 1)
+		c.errs = appendAtLeast(c.errs, "WithDedupLimits bytes", bytes, 1)
+	})
 }
 
 // WithDropHook calls hook for every request the server drops or rejects
@@ -348,6 +407,15 @@ func WithCodec(cd codec.Codec) CallOption {
 // returns, for errors too.
 func ResponseMetadata(md *Metadata) CallOption {
 	return callOptionFunc(func(c *callConfig) { c.responseMetadata = md })
+}
+
+// AnsweredBy stores the ID of the server that answered into *id when the
+// call returns with an answer (OK or an error the server sent): for ToAny,
+// the member of the share group that took the call; for To, the target.
+// It is "" when no server answered, and for a server without an ID (a
+// gateway answering _any).
+func AnsweredBy(id *string) CallOption {
+	return callOptionFunc(func(c *callConfig) { c.answeredBy = id })
 }
 
 type tokenOption struct{ name, value string }

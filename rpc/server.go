@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,14 +28,14 @@ const maxCorrelationData = 256
 // goroutines; the handler runs under the request's deadline and its answer
 // is published to the request's ResponseTopic.
 type Server struct {
-	conn     *Conn
-	cfg      serverConfig
-	codecs   *codec.Registry
-	stats    serverCounters
-	baseCtx  context.Context // parent of handler contexts; cancelled when Shutdown gives up
-	stopAll  context.CancelFunc
-	rejectCh chan struct{} // bounds goroutines that answer rejected requests
-	dedup    *dedupCache
+	conn    *Conn
+	cfg     serverConfig
+	codecs  *codec.Registry
+	stats   serverCounters
+	baseCtx context.Context // parent of handler contexts; cancelled when Shutdown gives up
+	stopAll context.CancelFunc
+	early   earlyAnswers // rejections and other answers that need no handler
+	dedup   *dedupCache
 	// publish sends a PUBLISH; conn.publish except in tests that run the
 	// request path without a broker.
 	publish func(context.Context, *paho.Publish) error
@@ -49,8 +50,8 @@ type Server struct {
 	ready       []*method      // methods with queued requests, served round robin
 	nextReady   int            // round-robin position in ready
 	workers     sync.WaitGroup // handler goroutines; Add only while !stopping
-	closed      bool           // no more rejections either
-	rejecters   sync.WaitGroup // Add only while !closed
+	idle        chan struct{}  // made by Shutdown, closed when no handler runs
+	shutDown    bool           // Shutdown finished: the route is removed
 }
 
 type serverConfig struct {
@@ -71,6 +72,7 @@ type serverConfig struct {
 	dedupBytes          int
 	dropHook            func(DropReason, string)
 	maxPayload          int
+	errs                []error // options given bad values
 }
 
 type serviceConfig struct {
@@ -98,14 +100,19 @@ type method struct {
 
 // request is one received PUBLISH on its way to a handler.
 type request struct {
-	svc      *service
-	method   *method // nil for an unknown method
-	values   topicValues
-	publish  *paho.Publish
+	svc     *service
+	method  *method // nil for an unknown method
+	values  topicValues
+	publish *paho.Publish
+	// deadline is the handler's: the caller's, capped by WithMaxTimeout.
 	deadline time.Time
-	dedupKey string // "" when the request has no CorrelationData
-	ack      func() // acknowledges the request to the broker
-	call     Call   // the handler's Call, in the request's allocation
+	// callerDeadline is the caller's; it bounds every answer. When the
+	// server's cap comes first, the caller is told DeadlineExceeded then.
+	callerDeadline time.Time
+	dedupEntry     *dedupEntry // nil when the request is not deduplicated
+	ack            func()      // acknowledges the request to the broker
+	answered       atomic.Bool // an answer (or the decision to send none) was made
+	call           Call        // the handler's Call, in the request's allocation
 }
 
 // NewServer returns a Server on conn. Register services, then Start it.
@@ -125,12 +132,11 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		o.applyToServer(&cfg)
 	}
 	s := &Server{
-		conn:     conn,
-		cfg:      cfg,
-		codecs:   codec.NewRegistry(cfg.codecs...),
-		rejectCh: make(chan struct{}, 16),
-		dedup:    newDedupCache(cfg.dedupEntries, cfg.dedupBytes),
-		publish:  conn.publish,
+		conn:    conn,
+		cfg:     cfg,
+		codecs:  codec.NewRegistry(cfg.codecs...),
+		dedup:   newDedupCache(cfg.dedupEntries, cfg.dedupBytes),
+		publish: conn.publish,
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
 	return s
@@ -152,8 +158,20 @@ func (s *Server) RegisterService(desc *ServiceDesc, impl any, opts ...ServiceOpt
 		o.applyToService(&sc)
 	}
 	svc := &service{desc: desc, impl: impl, tokens: sc.tokens, methods: map[string]*method{}}
+	if err := checkTokenValue("service name", desc.ServiceName); err != nil {
+		panic(fmt.Sprintf("rpc: RegisterService: %v", err))
+	}
 	for i := range desc.Methods {
 		md := &desc.Methods[i]
+		if err := checkTokenValue("method name", md.MethodName); err != nil {
+			panic(fmt.Sprintf("rpc: RegisterService %s: method %d: %v", desc.ServiceName, i, err))
+		}
+		if svc.methods[md.MethodName] != nil {
+			panic(fmt.Sprintf("rpc: RegisterService %s: method %s declared twice", desc.ServiceName, md.MethodName))
+		}
+		if md.Handler == nil || md.NewRequest == nil {
+			panic(fmt.Sprintf("rpc: RegisterService %s: method %s has no Handler or NewRequest", desc.ServiceName, md.MethodName))
+		}
 		tmpl, err := parseTemplateOrDefault(md.TopicTemplate)
 		if err != nil {
 			panic(fmt.Sprintf("rpc: RegisterService %s: method %s: %v", desc.ServiceName, md.MethodName, err))
@@ -221,6 +239,9 @@ func (s *Server) filtersFor(svc *service, t *TopicTemplate) []string {
 // begins serving. It waits for the subscriptions to be acknowledged (bounded
 // by ctx); they are restored after every reconnect.
 func (s *Server) Start(ctx context.Context) error {
+	if len(s.cfg.errs) > 0 {
+		return s.cfg.errs[0]
+	}
 	if s.cfg.serverID == "" && s.cfg.shareGroup == "" && !s.cfg.gateway {
 		return Errorf(InvalidArgument, "server has neither an ID (WithServerID), a share group (WithShareGroup) nor gateway mode (WithGateway): it would receive nothing")
 	}
@@ -274,6 +295,9 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 			s.removeRoute()
 			s.conn.forget(subs)
+			s.mu.Lock()
+			s.started, s.removeRoute = false, nil // Start may be tried again
+			s.mu.Unlock()
 			return err
 		}
 	}
@@ -286,8 +310,8 @@ func (s *Server) Start(ctx context.Context) error {
 // handlers' contexts are cancelled and ctx's error is returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	if s.stopping || !s.started {
-		s.stopping = true
+	if s.shutDown || !s.started {
+		s.stopping, s.shutDown = true, true
 		s.mu.Unlock()
 		return nil
 	}
@@ -296,31 +320,38 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, svc := range s.services {
 		filters = append(filters, svc.filters...)
 	}
+	idle := s.idle
+	if idle == nil {
+		idle = make(chan struct{})
+		s.idle = idle
+		if s.running == 0 {
+			close(idle)
+		}
+	}
 	s.mu.Unlock()
 
 	unsubErr := s.conn.unsubscribe(ctx, filters)
-	if unsubErr != nil && s.conn.ctx.Err() == nil {
-		s.cfg.logger.Warn("mqttrpc: unsubscribe at shutdown failed", "error", unsubErr)
-	}
-	done := make(chan struct{})
-	go func() {
-		s.workers.Wait()
-		close(done)
-	}()
 	var err error
 	select {
-	case <-done:
+	case <-idle:
 	case <-ctx.Done():
-		// Handlers that ignore their context finish on their own.
+		// Handlers that ignore their context finish on their own; each
+		// still answers or drops its request.
 		err = ctx.Err()
 	}
-	s.stopAll()
+	if unsubErr != nil && err == nil && s.conn.ctx.Err() == nil {
+		// The broker still delivers requests: keep answering them
+		// Unavailable, and let a later Shutdown try again.
+		s.cfg.logger.Warn("mqttrpc: unsubscribe at shutdown failed; requests that still arrive are answered Unavailable", "error", unsubErr)
+		return NewError(CodeOf(unsubErr), fmt.Errorf("shutdown: the broker still delivers requests, which are answered Unavailable; call Shutdown again to retry: %w", unsubErr))
+	}
 	s.mu.Lock()
+	s.shutDown = true
 	remove := s.removeRoute
-	s.closed = true
 	s.mu.Unlock()
+	s.stopAll()
 	remove()
-	s.rejecters.Wait()
+	s.early.close()
 	return err
 }
 
@@ -360,6 +391,11 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 		s.drop(DropNoResponseTopic, p.Topic, "request has no ResponseTopic")
 		return false
 	}
+	if err := checkResponseTopic(props.ResponseTopic); err != "" {
+		// Publishing there would get the server disconnected by the broker.
+		s.drop(DropBadResponseTopic, p.Topic, "response topic "+strconv.Quote(props.ResponseTopic)+" "+err)
+		return false
+	}
 	if !s.cfg.responseTopicPolicy(props.ResponseTopic) {
 		s.drop(DropResponseTopicPolicy, p.Topic, "response topic "+strconv.Quote(props.ResponseTopic)+" is outside the policy")
 		return false
@@ -369,14 +405,14 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 		return false
 	}
 	var ok bool
-	req.deadline, ok = s.deadline(arrival, props)
+	req.deadline, req.callerDeadline, ok = s.deadline(arrival, props)
 	if !ok {
 		s.drop(DropExpired, p.Topic, "request expired before it arrived")
 		return false
 	}
-	if len(props.CorrelationData) > 0 {
-		req.dedupKey = dedupKey(props.ResponseTopic, props.CorrelationData)
-		state, cached := s.dedup.begin(req.dedupKey, req.deadline, arrival)
+	if key, fresh := requestDedupKey(p); key != "" {
+		state, cached, entry := s.dedup.start(key, req.callerDeadline, arrival, fresh)
+		req.dedupEntry = entry
 		switch state {
 		case dedupRunning:
 			// The original's answer goes to the same topic with the same
@@ -386,31 +422,32 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 		case dedupDone:
 			s.count(DropDuplicate, p.Topic)
 			if cached != nil {
-				s.mu.Lock()
-				s.answerAsync(req, func(ctx context.Context) { s.publishResponse(ctx, cached, req.deadline) })
-				s.mu.Unlock()
+				s.answerEarly(req, func(ctx context.Context) { s.publishResponse(ctx, cached, req.callerDeadline) })
 			}
 			return false
 		}
 	}
 
 	req.method = req.svc.methods[req.values.method]
+	var (
+		rejectReason DropReason
+		rejectErr    *Error
+	)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch {
 	case len(p.Payload) > s.cfg.maxPayload:
-		s.reject(req, DropTooLarge, Errorf(ResourceExhausted, "request of %d bytes exceeds the server's limit of %d", len(p.Payload), s.cfg.maxPayload))
-		return false
+		rejectReason, rejectErr = DropTooLarge, Errorf(ResourceExhausted, "request of %d bytes exceeds the server's limit of %d", len(p.Payload), s.cfg.maxPayload)
 	case s.stopping:
-		s.reject(req, DropShuttingDown, Errorf(Unavailable, "server is shutting down"))
-		return false
+		rejectReason, rejectErr = DropShuttingDown, Errorf(Unavailable, "server is shutting down")
 	case req.method == nil:
+		s.mu.Unlock()
 		// Answered at once: it needs no handler, and must not wait behind
-		// the queue.
-		if !s.answerAsync(req, func(ctx context.Context) { s.serve(req) }) {
-			s.dedup.forget(req.dedupKey)
+		// the queue. serve acknowledges it.
+		if !s.answerEarly(req, func(ctx context.Context) { s.serve(req) }) {
+			s.dedup.forget(req.dedupEntry)
 			return false
 		}
+		return true
 	case s.running < s.cfg.concurrency && req.method.running < s.methodLimit():
 		s.running++
 		req.method.running++
@@ -424,7 +461,11 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 		m.queue = append(m.queue, req)
 		s.queued++
 	default:
-		s.reject(req, DropOverload, Errorf(ResourceExhausted, "server overloaded: %d calls running and %d queued", s.cfg.concurrency, s.cfg.queueSize))
+		rejectReason, rejectErr = DropOverload, Errorf(ResourceExhausted, "server overloaded: %d calls running and %d queued", s.cfg.concurrency, s.cfg.queueSize)
+	}
+	s.mu.Unlock()
+	if rejectErr != nil {
+		s.reject(req, rejectReason, rejectErr)
 		return false
 	}
 	return true
@@ -439,14 +480,14 @@ func (s *Server) methodLimit() int {
 	return max(1, s.cfg.concurrency-s.cfg.concurrency/4)
 }
 
-// deadline computes arrival + min(mqttrpc-timeout, MessageExpiryInterval),
-// capped by the server's maximum. ok is false for a request that has
-// already expired.
-func (s *Server) deadline(arrival time.Time, props *paho.PublishProperties) (time.Time, bool) {
+// deadline computes the caller's deadline, arrival + min(mqttrpc-timeout,
+// MessageExpiryInterval), and the handler's, that capped by the server's
+// maximum. ok is false for a request that has already expired.
+func (s *Server) deadline(arrival time.Time, props *paho.PublishProperties) (handler, caller time.Time, ok bool) {
 	timeout, have := time.Duration(0), false
 	if props.MessageExpiry != nil {
 		if *props.MessageExpiry == 0 {
-			return time.Time{}, false
+			return time.Time{}, time.Time{}, false
 		}
 		timeout, have = time.Duration(*props.MessageExpiry)*time.Second, true
 	}
@@ -457,7 +498,7 @@ func (s *Server) deadline(arrival time.Time, props *paho.PublishProperties) (tim
 				continue // a malformed hint is ignored; the expiry still bounds the call
 			}
 			if ms <= 0 {
-				return time.Time{}, false
+				return time.Time{}, time.Time{}, false
 			}
 			if t := time.Duration(min(ms, int64(math.MaxInt64/time.Millisecond))) * time.Millisecond; !have || t < timeout {
 				timeout, have = t, true
@@ -468,7 +509,8 @@ func (s *Server) deadline(arrival time.Time, props *paho.PublishProperties) (tim
 	if !have {
 		timeout = s.cfg.defaultTimeout
 	}
-	return arrival.Add(min(timeout, s.cfg.maxTimeout)), true
+	caller = arrival.Add(timeout)
+	return arrival.Add(min(timeout, s.cfg.maxTimeout)), caller, true
 }
 
 // work runs req, then queued requests, until none may run.
@@ -481,6 +523,9 @@ func (s *Server) work(req *request) {
 		req = s.nextQueued()
 		if req == nil {
 			s.running--
+			if s.running == 0 && s.idle != nil {
+				close(s.idle)
+			}
 		} else {
 			req.method.running++
 		}
@@ -518,15 +563,31 @@ func (s *Server) nextQueued() *request {
 func (s *Server) serve(req *request) {
 	defer req.ack()
 	p := req.publish
-	if time.Now().After(req.deadline) {
-		s.drop(DropExpired, p.Topic, "request expired while queued")
-		if req.dedupKey != "" {
-			s.dedup.forget(req.dedupKey)
+	if !time.Now().Before(req.deadline) {
+		if req.deadline.Before(req.callerDeadline) {
+			s.respond(context.Background(), req, &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: p.Topic}, s.requestCodec(p), nil, s.capExceeded())
+			return
 		}
+		s.drop(DropExpired, p.Topic, "request expired while queued")
+		s.dedup.forget(req.dedupEntry)
 		return
 	}
 	ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
 	defer cancel()
+	if req.deadline.Before(req.callerDeadline) {
+		// The server's cap comes first: tell the caller when it passes,
+		// even if the handler ignores its context.
+		fired := make(chan struct{})
+		timer := time.AfterFunc(time.Until(req.deadline), func() {
+			defer close(fired)
+			s.respond(context.Background(), req, &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: p.Topic}, s.requestCodec(p), nil, s.capExceeded())
+		})
+		defer func() {
+			if !timer.Stop() {
+				<-fired
+			}
+		}()
+	}
 	call := &req.call
 	*call = Call{
 		service:  req.svc.desc.ServiceName,
@@ -542,7 +603,7 @@ func (s *Server) serve(req *request) {
 		case u.Key == propVersion:
 			version = u.Value
 		case !isReservedKey(u.Key):
-			call.RequestMetadata().Add(u.Key, u.Value)
+			call.RequestMetadata().Add(u.Key, decodeMetadataValue(u.Key, u.Value))
 		}
 	}
 	cd, known := s.codecs.Lookup(p.Properties.ContentType)
@@ -571,7 +632,9 @@ func (s *Server) serve(req *request) {
 	s.respond(ctx, req, call, cd, resp, err)
 }
 
-// runHandler calls the handler and turns a panic into Internal.
+// runHandler calls the handler and turns a panic into Internal. A typed
+// nil *Error is no error; a nil response without an error is Internal, as
+// in gRPC: the caller would otherwise read an empty message as a real one.
 func (s *Server) runHandler(ctx context.Context, m *method, msg any) (resp any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -579,65 +642,98 @@ func (s *Server) runHandler(ctx context.Context, m *method, msg any) (resp any, 
 			resp, err = nil, Errorf(Internal, "handler panicked")
 		}
 	}()
-	return m.call(ctx, msg)
+	resp, err = m.call(ctx, msg)
+	if isNilError(err) {
+		err = nil
+	}
+	if err == nil && isNilValue(resp) {
+		return nil, Errorf(Internal, "handler of %s returned neither a response nor an error", m.desc.MethodName)
+	}
+	return resp, err
 }
 
-// reject answers a request that will not be served. s.mu is held.
+// isNilValue reports whether v is nil or a nil pointer, map, slice,
+// interface, channel or function in an interface.
+func isNilValue(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Interface, reflect.Chan, reflect.Func:
+		return rv.IsNil()
+	}
+	return false
+}
+
+// reject answers a request that will not be served, from the early-answer
+// queue. The queued answer keeps no payload: a burst of rejections costs
+// little memory.
 func (s *Server) reject(req *request, reason DropReason, err *Error) {
 	s.count(reason, req.publish.Topic)
-	if req.dedupKey != "" {
-		s.dedup.forget(req.dedupKey) // not executed: a retry deserves its chance
-		unkept := *req
-		unkept.dedupKey = ""
-		req = &unkept
-	}
-	s.answerAsync(req, func(ctx context.Context) {
-		call := &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: req.publish.Topic}
-		cd, ok := s.codecs.Lookup(req.publish.Properties.ContentType)
+	s.dedup.forget(req.dedupEntry) // not executed: a retry deserves its chance
+	p := *req.publish
+	p.Payload = nil
+	rejected := &request{svc: req.svc, values: req.values, publish: &p, deadline: req.deadline, callerDeadline: req.callerDeadline, ack: noAck}
+	s.answerEarly(rejected, func(ctx context.Context) {
+		call := &Call{service: rejected.svc.desc.ServiceName, method: rejected.values.method, target: rejected.values.target, topic: p.Topic}
+		cd, ok := s.codecs.Lookup(p.Properties.ContentType)
 		if !ok {
 			cd = codec.Proto
 		}
-		s.respond(ctx, req, call, cd, nil, err)
+		s.respond(ctx, rejected, call, cd, nil, err)
 	})
 }
 
-// answerAsync publishes an answer without blocking the receive goroutine;
-// when too many answers are already on their way the request is dropped
-// unanswered. s.mu is held.
-func (s *Server) answerAsync(req *request, answer func(ctx context.Context)) bool {
-	if s.closed {
-		return false
+// answerEarly queues an answer that needs no handler. When the queue is
+// full the request is dropped unanswered, counted and logged.
+func (s *Server) answerEarly(req *request, answer func(ctx context.Context)) bool {
+	if s.early.add(s.baseCtx, earlyAnswer{deadline: req.callerDeadline, answer: answer}) {
+		return true
 	}
-	select {
-	case s.rejectCh <- struct{}{}:
-	default:
-		s.cfg.logger.Warn("mqttrpc: request dropped unanswered", "topic", req.publish.Topic, "detail", "too many early answers in flight")
-		return false
+	s.drop(DropUnanswered, req.publish.Topic, "too many early answers queued")
+	return false
+}
+
+// requestCodec is the codec of a request's content type, protobuf when it
+// is unknown.
+func (s *Server) requestCodec(p *paho.Publish) codec.Codec {
+	if cd, ok := s.codecs.Lookup(p.Properties.ContentType); ok {
+		return cd
 	}
-	s.rejecters.Add(1)
-	go func() {
-		defer s.rejecters.Done()
-		defer func() { <-s.rejectCh }()
-		ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
-		defer cancel()
-		answer(ctx)
-	}()
-	return true
+	return codec.Proto
+}
+
+// capExceeded is the answer when the server's cap on a call's time passes
+// before the caller's deadline.
+func (s *Server) capExceeded() *Error {
+	return Errorf(DeadlineExceeded, "the server's time limit for a call (%v, WithMaxTimeout) passed", s.cfg.maxTimeout)
 }
 
 // respond publishes the answer: the response message on success, the code
 // and message on error. The answer is kept for duplicates of the request.
+// Only the first answer of a request counts; a handler that returns after
+// the server's cap has passed finds it answered.
 func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec.Codec, resp any, handlerErr error) {
-	p := req.publish
-	cr := s.buildResponse(req, call, cd, resp, handlerErr)
-	if req.dedupKey != "" {
-		s.dedup.finish(req.dedupKey, cr)
+	if !req.answered.CompareAndSwap(false, true) {
+		return
 	}
-	if time.Until(req.deadline) <= 0 {
+	p := req.publish
+	if req.deadline.Before(req.callerDeadline) && !time.Now().Before(req.deadline) {
+		// The server gave up on the call: the caller hears it now.
+		resp, handlerErr = nil, s.capExceeded()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(s.baseCtx, req.callerDeadline)
+		defer cancel()
+	}
+	cr := s.buildResponse(req, call, cd, resp, handlerErr)
+	if req.dedupEntry != nil {
+		s.dedup.finishEntry(req.dedupEntry, cr)
+	}
+	if time.Until(req.callerDeadline) <= 0 {
 		s.drop(DropExpired, p.Topic, "the call's deadline passed before the answer was ready")
 		return
 	}
-	if err := s.publishResponse(ctx, cr, req.deadline); err != nil {
+	if err := s.publishResponse(ctx, cr, req.callerDeadline); err != nil {
 		s.count(DropResponseFailed, p.Topic)
 		s.cfg.logger.Warn("mqttrpc: publishing the response failed", "topic", p.Topic, "response_topic", cr.topic, "error", err)
 		return
@@ -649,13 +745,33 @@ func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec
 func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp any, handlerErr error) *cachedResponse {
 	p := req.publish
 	var payload []byte
+	if isNilError(handlerErr) {
+		handlerErr = nil
+	}
 	if handlerErr == nil {
 		var err error
-		if payload, err = cd.Marshal(resp); err != nil {
+		if payload, err = s.marshal(cd, resp); err != nil {
 			handlerErr = Errorf(Internal, "encoding the response: %v", err)
 		} else if len(payload) > s.cfg.maxPayload {
 			handlerErr = Errorf(ResourceExhausted, "response of %d bytes exceeds the server's limit of %d", len(payload), s.cfg.maxPayload)
 		}
+	}
+	var rpcErr *Error
+	if handlerErr != nil {
+		rpcErr = asError(handlerErr)
+		if rpcErr.Code() == OK {
+			// An error that says OK would read as an empty success.
+			rpcErr = Errorf(Unknown, "handler returned an error with code OK: %s", rpcErr.Message())
+		}
+		for k, vs := range rpcErr.meta {
+			call.ResponseMetadata()[k] = append(call.ResponseMetadata()[k], vs...)
+		}
+		payload = nil
+	}
+	meta, err := responseMetadata(call.respMeta)
+	if err != nil {
+		// A value no broker carries would cost the server its connection.
+		rpcErr, meta, payload = err, nil, nil
 	}
 	// mqttrpc-target tells the caller who answered when it could not know:
 	// a broadcast or an anycast. A unicast caller named the target itself.
@@ -664,30 +780,18 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 	// An OK answer carries no mqttrpc-status: absent means 0 (protocol.md,
 	// "Defaults stay off the wire").
 	var user []userProperty
-	if n := len(call.respMeta); handlerErr != nil || withTarget || n > 0 {
-		user = make([]userProperty, 0, 3+n)
+	if rpcErr != nil || withTarget || len(meta) > 0 {
+		user = make([]userProperty, 0, 3+len(meta))
 	}
 	if withTarget {
 		user = append(user, userProperty{propTarget, s.cfg.serverID})
 	}
-	if handlerErr != nil {
-		rpcErr := asError(handlerErr)
+	if rpcErr != nil {
 		user = append(user,
 			userProperty{propStatus, strconv.FormatUint(uint64(rpcErr.Code()), 10)},
-			userProperty{propMessage, rpcErr.Message()})
-		for k, vs := range rpcErr.meta {
-			call.ResponseMetadata()[k] = append(call.ResponseMetadata()[k], vs...)
-		}
-		payload = nil
+			userProperty{propMessage, encodeStatusMessage(rpcErr.Message())})
 	}
-	for k, vs := range call.respMeta {
-		if isReservedKey(k) {
-			continue
-		}
-		for _, v := range vs {
-			user = append(user, userProperty{k, v})
-		}
-	}
+	user = append(user, meta...)
 	return &cachedResponse{
 		qos:   p.QoS,
 		topic: p.Properties.ResponseTopic,
@@ -698,6 +802,39 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 		},
 		payload: payload,
 	}
+}
+
+// responseMetadata returns the user properties of a response's metadata,
+// or Internal when the handler set one that MQTT cannot carry.
+func responseMetadata(md Metadata) ([]userProperty, *Error) {
+	var user []userProperty
+	for k, vs := range md {
+		if isReservedKey(k) {
+			continue
+		}
+		if err := checkMetadataKey(k); err != nil {
+			return nil, Errorf(Internal, "the handler set response metadata the server cannot send: %s", asError(err).Message())
+		}
+		for _, v := range vs {
+			wire, err := encodeMetadataValue(k, v)
+			if err != nil {
+				return nil, Errorf(Internal, "the handler set response metadata the server cannot send: %s", asError(err).Message())
+			}
+			user = append(user, userProperty{k, wire})
+		}
+	}
+	return user, nil
+}
+
+// marshal encodes a handler's response; a codec that panics on what the
+// handler returned is an Internal error, not a crash.
+func (s *Server) marshal(cd codec.Codec, resp any) (payload []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			payload, err = nil, fmt.Errorf("codec %s panicked on a %T: %v", cd.Name(), resp, r)
+		}
+	}()
+	return cd.Marshal(resp)
 }
 
 // responseContentType is the ContentType of an answer encoded with cd:
@@ -801,8 +938,13 @@ func ResponseTopicFilter(filters ...string) func(topic string) bool {
 	}
 }
 
-// topicMatchesFilter implements MQTT topic filter matching.
+// topicMatchesFilter implements MQTT topic filter matching, with the rule
+// that a filter starting with a wildcard matches no topic starting with $
+// (MQTT-4.7.2-1): "#" does not admit "$SYS/...".
 func topicMatchesFilter(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
 	for {
 		fl, frest, fmore := cut(filter)
 		if fl == "#" {
@@ -869,11 +1011,19 @@ const (
 	// DropTooLarge: the request's payload was over the server's limit
 	// (answered ResourceExhausted).
 	DropTooLarge
+	// DropBadResponseTopic: the ResponseTopic was no topic a server can
+	// publish to (a wildcard, a control character): answering would get
+	// the server disconnected.
+	DropBadResponseTopic
+	// DropUnanswered: the request was refused (see the other reasons) at a
+	// moment when the server already had too many early answers queued, so
+	// it got none.
+	DropUnanswered
 	numDropReasons
 	statServed = numDropReasons
 )
 
-var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large"}
+var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered"}
 
 // String returns the reason as a snake_case word, for logs and metrics.
 func (r DropReason) String() string {

@@ -240,6 +240,8 @@ func checkTokenValue(token, val string) error {
 		return Errorf(InvalidArgument, "topic token {%s} value %q is not valid UTF-8", token, val)
 	case strings.ContainsAny(val, "/+#\x00"):
 		return Errorf(InvalidArgument, "topic token {%s} value %q may not contain /, +, # or NUL", token, val)
+	case badMQTTString(val) >= 0:
+		return Errorf(InvalidArgument, "topic token {%s} value %q may not contain control characters, which MQTT brokers refuse", token, val)
 	case val[0] == '$':
 		return Errorf(InvalidArgument, "topic token {%s} value %q may not start with $", token, val)
 	}
