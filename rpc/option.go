@@ -68,9 +68,13 @@ func WithClientID(id string) ConnOption {
 	return connOptionFunc(func(c *connConfig) { c.clientID = id })
 }
 
-// WithCredentials sets the username and password sent in CONNECT. Default: none.
+// WithCredentials sets the username and password sent in CONNECT; an empty
+// password sends none. It wins over credentials in the broker URL
+// (mqtt://user:password@host). Default: those of the URL, else none.
 func WithCredentials(username, password string) ConnOption {
-	return connOptionFunc(func(c *connConfig) { c.username, c.password = username, []byte(password) })
+	return connOptionFunc(func(c *connConfig) {
+		c.username, c.password, c.credentialsSet = username, []byte(password), true
+	})
 }
 
 // WithTLSConfig sets the TLS configuration for mqtts://, tls://, ssl:// and
@@ -85,9 +89,20 @@ func WithKeepAlive(d time.Duration) ConnOption {
 	return connOptionFunc(func(c *connConfig) { c.keepAlive = uint16(min(d/time.Second, 65535)) })
 }
 
-// WithConnectTimeout bounds each connection attempt. Default: 10 s.
+// WithConnectTimeout bounds each connection attempt (TCP, TLS and
+// WebSocket handshakes, CONNECT until CONNACK), on the first connection and
+// on every reconnect. Default: 10 s. Dial's overall wait is
+// WithDialTimeout.
 func WithConnectTimeout(d time.Duration) ConnOption {
 	return connOptionFunc(func(c *connConfig) { c.connectTimeout = d })
+}
+
+// WithDialTimeout bounds how long Dial waits for the first connection,
+// over all its attempts, when ctx allows longer; then Dial fails with
+// Unavailable, naming the broker and the last connect error. 0 or less
+// waits as long as ctx. Default: DefaultDialTimeout (5 s).
+func WithDialTimeout(d time.Duration) ConnOption {
+	return connOptionFunc(func(c *connConfig) { c.dialTimeout = max(d, 0) })
 }
 
 // WithSessionExpiry asks the broker to keep the session (subscriptions and

@@ -33,6 +33,13 @@ type sessionGuard struct {
 	expiry    uint32                                  // Session Expiry Interval in force, as paho's state computes it
 	waiting   map[uint16]chan<- packets.ControlPacket // publishes awaiting their final acknowledgement
 	cleans    uint64                                  // how often the waiting publishes were ended
+	// conns counts connections at their CONNACK: before paho routes the
+	// connection's first PUBLISH, so an ack can tell its connection.
+	conns uint64
+	// disconnect is the reason of the broker's DISCONNECT that ended the
+	// last connection, if it sent one (disconnected).
+	disconnect   byte
+	disconnected bool
 }
 
 func newSessionGuard(inner session.SessionManager) *sessionGuard {
@@ -57,6 +64,8 @@ func (g *sessionGuard) ConAckReceived(conn io.Writer, cp *packets.Connect, ca *p
 		g.endAllLocked() // paho treats the previous connection as lost first
 	}
 	g.connected = true
+	g.conns++
+	g.disconnected = false
 	switch {
 	case ca.Properties != nil && ca.Properties.SessionExpiryInterval != nil:
 		g.expiry = *ca.Properties.SessionExpiryInterval
@@ -81,6 +90,9 @@ func (g *sessionGuard) ConnectionLost(dp *packets.Disconnect) error {
 		return err
 	}
 	g.connected = false
+	if dp != nil {
+		g.disconnect, g.disconnected = dp.ReasonCode, true
+	}
 	if dp != nil && dp.Properties != nil && dp.Properties.SessionExpiryInterval != nil {
 		g.expiry = *dp.Properties.SessionExpiryInterval
 	}
@@ -133,6 +145,30 @@ func (g *sessionGuard) PacketReceived(recv *packets.ControlPacket, pubChan chan<
 		g.mu.Unlock()
 	}
 	return g.SessionManager.PacketReceived(recv, pubChan)
+}
+
+// connection returns the number of the current connection and whether it
+// is up (between its CONNACK and its loss).
+func (g *sessionGuard) connection() (conn uint64, connected bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.conns, g.connected
+}
+
+// isCurrent reports whether connection conn is still up.
+func (g *sessionGuard) isCurrent(conn uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.connected && g.conns == conn
+}
+
+// disconnectReason returns the reason code of the DISCONNECT that ended the
+// last connection; byBroker is false if the broker sent none (the
+// connection broke, or we disconnected).
+func (g *sessionGuard) disconnectReason() (reason byte, byBroker bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.disconnect, g.disconnected
 }
 
 // close ends every publish still waiting. Call it only once the connection
