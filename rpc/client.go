@@ -462,6 +462,12 @@ func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Pu
 			}
 		case propMessage:
 			message = decodeStatusMessage(u.Value)
+		case propVersion:
+			// A server answers in the request's version: an answer in
+			// another one is not meant for this client.
+			if u.Value != protocolVersion {
+				return Errorf(Internal, "the answer is in mqttrpc protocol version %q; this client speaks version %s", u.Value, protocolVersion)
+			}
 		default:
 			if !isReservedKey(u.Key) {
 				call.ResponseMetadata().Add(u.Key, decodeMetadataValue(u.Key, u.Value))

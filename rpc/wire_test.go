@@ -287,6 +287,9 @@ func TestAnswersFromOutside(t *testing.T) {
 			{name: "status 0", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "0"}}, code: rpc.OK},
 			{name: "status 5", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "5"}, {Key: "mqttrpc-message", Value: "no such sensor"}}, code: rpc.NotFound, message: "no such sensor"},
 			{name: "malformed status", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "ok"}}, code: rpc.Internal, message: "malformed"},
+			{name: "version 1", user: paho.UserProperties{{Key: "mqttrpc-version", Value: "1"}}, code: rpc.OK},
+			{name: "version 2", user: paho.UserProperties{{Key: "mqttrpc-version", Value: "2"}}, code: rpc.Internal, message: "version \"2\""},
+			{name: "encoded message", user: paho.UserProperties{{Key: "mqttrpc-status", Value: "9"}, {Key: "mqttrpc-message", Value: "line%0Abreak 100%25 ☺"}}, code: rpc.FailedPrecondition, message: "line\nbreak 100% ☺"},
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
