@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mqttrpc/mqttrpc/examples/calculator/calculatorv1"
+	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/rpc"
 	"github.com/mqttrpc/mqttrpc/testbroker"
 )
@@ -60,7 +61,7 @@ func run(brokerURL string, calls int, out io.Writer) error {
 
 	for i := 1; i <= 3; i++ {
 		id := fmt.Sprintf("calc-%d", i)
-		conn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID(id))
+		conn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID(id))...)
 		if err != nil {
 			return err
 		}
@@ -72,9 +73,9 @@ func run(brokerURL string, calls int, out io.Writer) error {
 		}
 		defer srv.Shutdown(context.Background())
 	}
-	fmt.Fprintf(out, "3 instances in share group %q on %s\n", "calculator", brokerURL)
+	fmt.Fprintf(out, "3 instances in share group %q on %s\n", "calculator", exampleconn.Redacted(brokerURL))
 
-	conn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID("calculator-caller"))
+	conn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID("calculator-caller"))...)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/internal/device"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1"
 	"github.com/mqttrpc/mqttrpc/rpc"
@@ -42,7 +43,7 @@ func run(brokerURL string, out io.Writer) error {
 		defer broker.Close()
 		brokerURL, where = broker.URL(), "embedded"
 	}
-	fmt.Fprintf(out, "broker   %s (%s)\n", brokerURL, where)
+	fmt.Fprintf(out, "broker   %s (%s)\n", exampleconn.Redacted(brokerURL), where)
 
 	devices := []string{"dev-1", "dev-2", "dev-3"}
 	for _, id := range devices {
@@ -55,7 +56,7 @@ func run(brokerURL string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "devices  %v serve %s\n\n", devices, thermostatv1.ThermostatName)
 
-	conn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID("thermostat-caller"))
+	conn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID("thermostat-caller"))...)
 	if err != nil {
 		return err
 	}

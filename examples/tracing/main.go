@@ -28,6 +28,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1"
 	"github.com/mqttrpc/mqttrpc/rpc"
 	"github.com/mqttrpc/mqttrpc/rpc/otelrpc"
@@ -76,7 +77,7 @@ func run(brokerURL string, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	deviceConn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID("dev-1"))
+	deviceConn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID("dev-1"))...)
 	if err != nil {
 		return err
 	}
@@ -98,7 +99,7 @@ func run(brokerURL string, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	callerConn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID("thermostat-caller"))
+	callerConn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID("thermostat-caller"))...)
 	if err != nil {
 		return err
 	}

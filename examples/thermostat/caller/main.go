@@ -2,6 +2,10 @@
 //
 //	go run ./examples/thermostat/caller -broker mqtt://127.0.0.1:1883 -target dev-7 -celsius 21
 //
+// On a broker that requires a login, set MQTTRPC_USERNAME and
+// MQTTRPC_PASSWORD (or put the user in the URL, mqtt://alice@host, and the
+// password in MQTTRPC_PASSWORD).
+//
 // On failure it prints the status code's name and message and exits 1.
 package main
 
@@ -14,12 +18,13 @@ import (
 	"time"
 
 	"github.com/mqttrpc/mqttrpc/codec"
+	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
 
 func main() {
-	brokerURL := flag.String("broker", "mqtt://127.0.0.1:1883", "broker URL")
+	brokerURL := flag.String("broker", "mqtt://127.0.0.1:1883", "broker URL; a login comes from $MQTTRPC_USERNAME and $MQTTRPC_PASSWORD, or mqtt://user@host and $MQTTRPC_PASSWORD")
 	target := flag.String("target", "dev-7", "device ID to call")
 	celsius := flag.Float64("celsius", 21, "target temperature to set")
 	useJSON := flag.Bool("json", false, "send JSON instead of protobuf")
@@ -38,7 +43,7 @@ func main() {
 
 func run(brokerURL, target string, celsius float64, useJSON bool, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	conn, err := rpc.Dial(ctx, brokerURL)
+	conn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID("thermostat-caller"))...)
 	cancel()
 	if err != nil {
 		return err

@@ -2,6 +2,10 @@
 // service on a broker until SIGINT or SIGTERM, then shuts down gracefully.
 //
 //	go run ./examples/thermostat/device -broker mqtt://127.0.0.1:1883 -id dev-7
+//
+// On a broker that requires a login, set MQTTRPC_USERNAME and
+// MQTTRPC_PASSWORD (or put the user in the URL, mqtt://alice@host, and the
+// password in MQTTRPC_PASSWORD).
 package main
 
 import (
@@ -14,13 +18,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/internal/device"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
 
 func main() {
-	brokerURL := flag.String("broker", "mqtt://127.0.0.1:1883", "broker URL")
-	id := flag.String("id", "dev-7", "device ID: the {target} callers address")
+	brokerURL := flag.String("broker", "mqtt://127.0.0.1:1883", "broker URL; a login comes from $MQTTRPC_USERNAME and $MQTTRPC_PASSWORD, or mqtt://user@host and $MQTTRPC_PASSWORD")
+	id := flag.String("id", "dev-7", "device ID: the {target} callers address (the MQTT client ID is this ID and a random suffix)")
 	verbose := flag.Bool("v", false, "log dropped and rejected requests")
 	flag.Parse()
 
@@ -37,7 +42,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "device:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("device %s serving on %s; Ctrl-C to stop\n", *id, *brokerURL)
+	fmt.Printf("device %s serving on %s; Ctrl-C to stop\n", *id, exampleconn.Redacted(*brokerURL))
 	<-ctx.Done()
 
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"sync"
 
+	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
@@ -69,11 +70,13 @@ func (t *Thermostat) SetTarget(ctx context.Context, req *thermostatv1.SetTargetR
 	return &thermostatv1.SetTargetResponse{PreviousCelsius: previous}, nil
 }
 
-// Serve connects to the broker as device id and serves the Thermostat
+// Serve connects to the broker as device id (with a client ID of its own,
+// id and a random suffix, and credentials from the environment: see
+// exampleconn) and serves the Thermostat
 // service until Shutdown is called on the returned server. The caller closes
 // the returned connection after shutting the server down.
 func Serve(ctx context.Context, brokerURL, id string, opts ...rpc.ServerOption) (*rpc.Server, *rpc.Conn, error) {
-	conn, err := rpc.Dial(ctx, brokerURL, rpc.WithClientID(id))
+	conn, err := rpc.Dial(ctx, brokerURL, exampleconn.Options(brokerURL, exampleconn.ClientID(id))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("device %s: %w", id, err)
 	}
