@@ -392,7 +392,7 @@ func TestInterceptorContext(t *testing.T) {
 			if _, err := next(ctx, req); err != nil {
 				return nil, err
 			}
-			return next(context.WithValue(ctx, struct{}{}, 1), req)
+			return next(context.WithValue(ctx, retryKey{}, 1), req)
 		}
 	})
 	client = newClient(t, b.url, rpc.WithInterceptors(twice))
@@ -492,3 +492,6 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// retryKey marks the second pass of an interceptor that calls next twice.
+type retryKey struct{}

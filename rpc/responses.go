@@ -22,7 +22,6 @@ type responseRouter struct {
 	// subscribeDone is closed when the SUBSCRIBE in progress ends; callers
 	// wait for it under their own context.
 	subscribeDone chan struct{}
-	subscribeErr  error
 
 	mu          sync.Mutex
 	clients     int // open Clients; the subscription is dropped with the last

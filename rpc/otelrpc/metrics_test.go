@@ -33,7 +33,7 @@ func findMetric(t *testing.T, rm metricdata.ResourceMetrics, name string) metric
 
 func attrValue(set attribute.Set, key attribute.Key) string {
 	v, _ := set.Value(key)
-	return v.Emit()
+	return v.String()
 }
 
 // durationCounts returns a histogram's counts by rpc.response.status_code.
@@ -52,8 +52,8 @@ func durationCounts(t *testing.T, m metricdata.Metrics) map[string]uint64 {
 			t.Errorf("%s data point attributes %v", m.Name, dp.Attributes.ToSlice())
 		}
 		status := attrValue(dp.Attributes, "rpc.response.status_code")
-		if errorType, failed := dp.Attributes.Value("error.type"); failed && errorType.Emit() != status {
-			t.Errorf("%s: error.type %q with status %q", m.Name, errorType.Emit(), status)
+		if errorType, failed := dp.Attributes.Value("error.type"); failed && errorType.String() != status {
+			t.Errorf("%s: error.type %q with status %q", m.Name, errorType.String(), status)
 		}
 		counts[status] += dp.Count
 	}

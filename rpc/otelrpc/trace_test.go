@@ -34,7 +34,7 @@ func wantAttrs(t *testing.T, s sdktrace.ReadOnlySpan, want ...attribute.KeyValue
 	got := attrs(s)
 	for _, kv := range want {
 		if v, ok := got[kv.Key]; !ok || v != kv.Value {
-			t.Errorf("%s span: %s = %q, want %q", s.SpanKind(), kv.Key, v.Emit(), kv.Value.Emit())
+			t.Errorf("%s span: %s = %q, want %q", s.SpanKind(), kv.Key, v.String(), kv.Value.String())
 		}
 	}
 }
@@ -42,7 +42,7 @@ func wantAttrs(t *testing.T, s sdktrace.ReadOnlySpan, want ...attribute.KeyValue
 func wantNoAttr(t *testing.T, s sdktrace.ReadOnlySpan, key attribute.Key) {
 	t.Helper()
 	if v, ok := attrs(s)[key]; ok {
-		t.Errorf("%s span: %s = %q, want it absent", s.SpanKind(), key, v.Emit())
+		t.Errorf("%s span: %s = %q, want it absent", s.SpanKind(), key, v.String())
 	}
 }
 
