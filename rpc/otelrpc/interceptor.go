@@ -73,6 +73,18 @@ func (i *Interceptor) DropHook() func(reason rpc.DropReason, topic string) {
 	return i.dropped.count
 }
 
+// WrapStreamingClient implements rpc.Interceptor. Streams get a span per
+// stream with message events once the runtime serves them; until then it
+// returns next.
+func (i *Interceptor) WrapStreamingClient(next rpc.StreamingClientFunc) rpc.StreamingClientFunc {
+	return next
+}
+
+// WrapStreamingHandler implements rpc.Interceptor; see WrapStreamingClient.
+func (i *Interceptor) WrapStreamingHandler(next rpc.StreamingHandlerFunc) rpc.StreamingHandlerFunc {
+	return next
+}
+
 // WrapUnary implements rpc.Interceptor.
 func (i *Interceptor) WrapUnary(next rpc.UnaryFunc) rpc.UnaryFunc {
 	return func(ctx context.Context, req any) (any, error) {
