@@ -97,7 +97,10 @@ type Conn struct {
 
 	ctx    context.Context // lives until Close; bounds background subscribes
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // background subscribes, and the wait for the manager after a failed Close
+	wg     sync.WaitGroup // background subscribes
+	// stopped is closed once, after Close, the manager has stopped and wg
+	// has ended.
+	stopped chan struct{}
 }
 
 // listener receives the PUBLISH packets its match function claims.
@@ -290,6 +293,7 @@ func newConn(cfg autopaho.ClientConfig, cc *connConfig, owned bool) (*Conn, erro
 		beforeUp:  cc.beforeUp,
 		subs:      map[string]paho.SubscribeOptions{},
 		changed:   make(chan struct{}),
+		stopped:   make(chan struct{}),
 	}
 	if len(cfg.ServerUrls) > 0 {
 		display := *cfg.ServerUrls[0]
@@ -532,12 +536,12 @@ var errConnClosed = Errorf(Unavailable, "connection closed")
 // with NewConnection the application disconnects its manager itself. Close
 // the Clients and shut down the Servers first. If ctx ends before the
 // manager has stopped, Close returns ctx's error and the manager stops on
-// its own soon after.
+// its own soon after; calling Close again waits for that.
 func (c *Conn) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil
+		return c.waitStopped(ctx)
 	}
 	c.closed = true
 	if c.genCancel != nil {
@@ -554,26 +558,37 @@ func (c *Conn) Close(ctx context.Context) error {
 	}
 	c.parked = nil // the broker redelivers what the session keeps
 	c.listenersMu.Unlock()
-	var err error
-	if c.owned {
-		err = c.cm.Disconnect(ctx)
-		if err == nil {
-			c.session.close()
-		} else {
-			// Disconnect gave up with ctx; the manager stops on its own
-			// (c.ctx is cancelled) and must have stopped first. c.wg owns
-			// the wait, so Close of a later caller (and goleak) sees it.
-			c.wg.Add(1)
-			go func() {
-				defer c.wg.Done()
-				<-c.cm.Done()
-				c.session.close()
-			}()
-			return err
-		}
+	if !c.owned {
+		c.wg.Wait()
+		close(c.stopped)
+		return nil
 	}
-	c.wg.Wait()
-	return err
+	err := c.cm.Disconnect(ctx)
+	// The manager stops on its own once c.ctx is cancelled, and must have
+	// stopped before the session guard ends the publishes still waiting.
+	// Close owns this goroutine: it waits for c.stopped, now or, when ctx
+	// ended first, at its next call.
+	go func() {
+		<-c.cm.Done()
+		c.session.close()
+		c.wg.Wait()
+		close(c.stopped)
+	}()
+	if err != nil {
+		return err
+	}
+	return c.waitStopped(ctx)
+}
+
+// waitStopped waits until the manager of a closed Conn has stopped and its
+// background work is done, or ctx ends.
+func (c *Conn) waitStopped(ctx context.Context) error {
+	select {
+	case <-c.stopped:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // connectionUp runs on autopaho's goroutine and must not block: it restores

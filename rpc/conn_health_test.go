@@ -2,12 +2,16 @@ package rpc_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
 	"github.com/mqttrpc/mqttrpc/rpc"
@@ -248,4 +252,32 @@ func TestConnDialRefusedLogin(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Close with a context that has ended returns at once; the connection
+// manager stops on its own, and a second Close waits for it, so nothing of
+// the Conn outlives it (goleak checks at the end of the package's tests).
+func TestConnCloseAgainWaitsForTheManager(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		conn, err := rpc.Dial(testCtx(t), b.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := conn.Close(ended); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("Close with an ended context: %v", err)
+		}
+		if err := conn.Close(testCtx(t)); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+	})
+}
+
+// NewConnection refuses the ConnOptions it cannot honour instead of
+// dropping them.
+func TestConnNewConnectionRefusesDialOptions(t *testing.T) {
+	t.Parallel()
+	_, err := rpc.NewConnection(context.Background(), autopaho.ClientConfig{ClientConfig: paho.ClientConfig{ClientID: "x"}}, rpc.WithClientID("y"))
+	wantCode(t, err, rpc.InvalidArgument)
 }
