@@ -44,20 +44,20 @@ func (s *Stub) Broadcast(ctx context.Context, req any, newResp func() any, opts 
 			return
 		}
 		c := s.client
-		call := s.newCall(opts, TargetAll)
-		cfg := &call.cfg
+		cc := s.newCall(opts, TargetAll)
+		call, cfg := &cc.Call, &cc.cfg
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, c.timeout)
 			defer cancel()
 		}
-		ctx = withCall(ctx, call)
+		ctx = context.WithValue(ctx, callKey{}, cc)
 		replies := make(chan *paho.Publish, broadcastBuffer)
 		// Every publication's ID routes to replies: an interceptor may call
 		// next more than once.
 		var ids [][16]byte
 		send := func(ctx context.Context, req any) (any, error) {
-			out, timeoutProp, err := c.prepare(call, s.template, cfg, req)
+			out, timeoutProp, err := c.prepare(cc, s.template, req)
 			if err != nil {
 				return nil, err
 			}

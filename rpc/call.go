@@ -16,9 +16,7 @@ type Call struct {
 	reqMeta     Metadata
 	respMeta    Metadata
 	codecName   string
-	answeredBy  string      // client: the server that answered
-	unary       *unaryState // client: what sendUnary needs
-	cfg         callConfig  // client: the call's options (in the Call's allocation)
+	answeredBy  string // client: the server that answered
 }
 
 type callKey struct{}
@@ -26,8 +24,13 @@ type callKey struct{}
 // CallFromContext returns the call that ctx belongs to, in interceptors and
 // handlers. It reports false outside a call.
 func CallFromContext(ctx context.Context) (*Call, bool) {
-	c, ok := ctx.Value(callKey{}).(*Call)
-	return c, ok
+	switch c := ctx.Value(callKey{}).(type) {
+	case *Call:
+		return c, true
+	case *clientCall:
+		return &c.Call, true
+	}
+	return nil, false
 }
 
 func withCall(ctx context.Context, c *Call) context.Context {

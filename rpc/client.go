@@ -192,8 +192,8 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	if s.err != nil {
 		return s.err
 	}
-	call := s.newCall(opts, "")
-	cfg := &call.cfg
+	cc := s.newCall(opts, "")
+	cc.template, cc.resp = s.template, resp
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.client.timeout)
@@ -202,16 +202,15 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	var err error
 	if s.client.chain == nil {
 		// Nobody can look at the context's Call: skip it.
-		err = s.client.send(ctx, call, s.template, cfg, req, resp)
+		err = s.client.send(ctx, cc, req)
 	} else {
-		call.unary = &unaryState{template: s.template, cfg: cfg, resp: resp}
-		_, err = s.client.chain(withCall(ctx, call), req)
+		_, err = s.client.chain(context.WithValue(ctx, callKey{}, cc), req)
 	}
-	if cfg.responseMetadata != nil {
-		*cfg.responseMetadata = call.respMeta
+	if cc.cfg.responseMetadata != nil {
+		*cc.cfg.responseMetadata = cc.respMeta
 	}
-	if cfg.answeredBy != nil {
-		*cfg.answeredBy = call.answeredBy
+	if cc.cfg.answeredBy != nil {
+		*cc.cfg.answeredBy = cc.answeredBy
 	}
 	if err != nil {
 		return asError(err)
@@ -219,36 +218,37 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	return nil
 }
 
-// unaryState is what the innermost step of a unary call needs besides the
-// request, carried by the Call through the interceptors.
-type unaryState struct {
-	template *TopicTemplate
-	cfg      *callConfig
-	resp     any
+// clientCall is a call on the client: the Call that interceptors see, and
+// what the client needs to send it, in one allocation. The context of a
+// call under interceptors carries it.
+type clientCall struct {
+	Call
+	cfg      callConfig     // the call's options
+	template *TopicTemplate // the method's request topic
+	resp     any            // the response message to decode into
 }
 
 // sendUnary is the innermost step of a unary call under interceptors: it
-// sends req for the Call in ctx.
+// sends req for the call in ctx.
 func (c *Client) sendUnary(ctx context.Context, req any) (any, error) {
-	call, ok := CallFromContext(ctx)
-	if !ok || call.unary == nil || !call.isClient {
+	cc, ok := ctx.Value(callKey{}).(*clientCall)
+	if !ok || cc.template == nil {
 		return nil, Errorf(Internal, "a client interceptor called the next step with a context that does not derive from the one it was given")
 	}
-	u := call.unary
-	return u.resp, c.send(ctx, call, u.template, u.cfg, req, u.resp)
+	return cc.resp, c.send(ctx, cc, req)
 }
 
-// newCall applies the stub's options, then the call's, into the Call's
+// newCall applies the stub's options, then the call's, into the call's
 // cfg (target, if not empty, overrides them), and describes the call for
 // interceptors.
-func (s *Stub) newCall(opts []CallOption, target string) *Call {
-	call := &Call{
+func (s *Stub) newCall(opts []CallOption, target string) *clientCall {
+	cc := &clientCall{Call: Call{
 		service:     s.service,
 		method:      s.method,
 		idempotency: s.idempotency,
 		isClient:    true,
-	}
-	cfg := &call.cfg
+	}}
+	cfg := &cc.cfg
 	cfg.qos, cfg.codec = s.qos, codec.Proto
 	for _, o := range s.opts {
 		o.applyToCall(cfg)
@@ -259,28 +259,29 @@ func (s *Stub) newCall(opts []CallOption, target string) *Call {
 	if target != "" {
 		cfg.target = target
 	}
-	call.target, call.codecName = cfg.target, cfg.codec.Name()
+	cc.target, cc.codecName = cfg.target, cfg.codec.Name()
 	if len(cfg.metadata) > 0 {
-		call.reqMeta = make(Metadata, len(cfg.metadata))
+		cc.reqMeta = make(Metadata, len(cfg.metadata))
 		for _, p := range cfg.metadata {
-			call.reqMeta[p.key] = append(call.reqMeta[p.key], p.values...)
+			cc.reqMeta[p.key] = append(cc.reqMeta[p.key], p.values...)
 		}
 	}
 	if len(cfg.tokens) > 0 {
-		call.tokens = make(map[string]string, len(cfg.tokens))
+		cc.tokens = make(map[string]string, len(cfg.tokens))
 		for _, t := range cfg.tokens {
-			call.tokens[t.name] = t.value
+			cc.tokens[t.name] = t.value
 		}
 	}
-	return call
+	return cc
 }
 
 // send publishes one request and waits for its response.
-func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg *callConfig, req, resp any) error {
+func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
+	call := &cc.Call
 	if call.target == TargetAll {
 		return Errorf(InvalidArgument, "a unary call cannot be addressed to _all (every server would answer); use Broadcast")
 	}
-	out, timeoutProp, err := c.prepare(call, tmpl, cfg, req)
+	out, timeoutProp, err := c.prepare(cc, cc.template, req)
 	if err != nil {
 		return err
 	}
@@ -302,7 +303,7 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 		// Its one reply is taken and its pending entry gone: nobody else
 		// holds the channel.
 		c.responseChans.Put(ch)
-		return c.decodeResponse(call, cfg.codec, p, resp)
+		return c.decodeResponse(call, cc.cfg.codec, p, cc.resp)
 	case <-ctx.Done():
 		if ctx.Err() == context.DeadlineExceeded {
 			return wrapCause(DeadlineExceeded, ctx.Err(), fmt.Sprintf("no response from %s on %q within the deadline", call.target, p.Topic))
@@ -314,7 +315,8 @@ func (c *Client) send(ctx context.Context, call *Call, tmpl *TopicTemplate, cfg 
 // prepare validates a call and builds its request PUBLISH, without
 // correlation data. timeoutProp is the index of the mqttrpc-timeout user
 // property, set at each attempt.
-func (c *Client) prepare(call *Call, tmpl *TopicTemplate, cfg *callConfig, req any) (out *outgoingRequest, timeoutProp int, err error) {
+func (c *Client) prepare(cc *clientCall, tmpl *TopicTemplate, req any) (out *outgoingRequest, timeoutProp int, err error) {
+	call, cfg := &cc.Call, &cc.cfg
 	switch {
 	case call.target == "":
 		return nil, 0, Errorf(InvalidArgument, "call to %s has no target: pass rpc.To(id) or rpc.ToAny()", call.Procedure())
