@@ -5,7 +5,7 @@
 
 prints one JSON line
 
-    {"status":0,"message":"","target":"dev-7","payload":{"previousCelsius":20}}
+    {"status":0,"message":"","target":"","payload":{"previousCelsius":20}}
 
 and exits 0 when the status is 0 (OK), 1 on any other status, 2 when no
 answer came (timeout, or the broker could not be reached). The wire protocol
