@@ -785,6 +785,10 @@ func (c *Conn) forget(subs []paho.SubscribeOptions) {
 }
 
 func (c *Conn) sendSubscribe(ctx context.Context, cm *autopaho.ConnectionManager, subs []paho.SubscribeOptions) error {
+	return c.sendSubscribeRetry(ctx, cm, subs, 0)
+}
+
+func (c *Conn) sendSubscribeRetry(ctx context.Context, cm *autopaho.ConnectionManager, subs []paho.SubscribeOptions, retries int) error {
 	if err := c.checkSupported(subs); err != nil {
 		return err
 	}
@@ -813,13 +817,28 @@ func (c *Conn) sendSubscribe(ctx context.Context, cm *autopaho.ConnectionManager
 			return Errorf(Unavailable, "subscribe: %w", err)
 		}
 	}
+	var again []paho.SubscribeOptions
 	for i, reason := range suback.Reasons {
-		if reason >= 0x80 && i < len(subs) {
+		switch {
+		case i >= len(subs) || reason < 0x80:
+		case reason == 0x91 && retries < maxIDRetries:
+			// Packet identifier in use: mochi counts identifiers of its own
+			// PUBLISHes in flight to us (a persistent session's
+			// redeliveries) as taken. paho picks the next one.
+			again = append(again, subs[i])
+		default:
 			return Errorf(subackCode(reason), "broker %s refused the subscription to %q: %s (SUBACK 0x%02x)", c.broker, subs[i].Topic, subackText(reason), reason)
 		}
 	}
+	if len(again) > 0 {
+		return c.sendSubscribeRetry(ctx, cm, again, retries+1)
+	}
 	return nil
 }
+
+// maxIDRetries bounds the retries of a SUBSCRIBE or UNSUBSCRIBE that the
+// broker refused with 0x91 (packet identifier in use).
+const maxIDRetries = 8
 
 // checkSupported refuses, with FailedPrecondition, filters that the
 // current connection's CONNACK says the broker does not support (paho

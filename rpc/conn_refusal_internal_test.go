@@ -34,6 +34,7 @@ type refusingHook struct {
 	mu        sync.Mutex
 	connack   byte // refuse CONNECT with this code (0: accept)
 	suback    byte // refuse every SUBSCRIBE filter with this code (0: grant)
+	subackN   int  // refuse only this many SUBSCRIBEs with suback (0: all)
 	unsuback  byte // refuse every UNSUBSCRIBE filter with this code (0: accept)
 	noShared  bool // CONNACK says Shared Subscription Available: 0
 	subscribe int  // SUBSCRIBE packets seen
@@ -66,7 +67,7 @@ func (h *refusingHook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets
 		}
 	case packets.Suback:
 		h.subscribe++
-		if h.suback != 0 {
+		if h.suback != 0 && (h.subackN == 0 || h.subscribe <= h.subackN) {
 			pk.ReasonCodes = bytes.Repeat([]byte{h.suback}, len(pk.ReasonCodes))
 		}
 	case packets.Unsuback:
@@ -260,4 +261,26 @@ var refusalEchoDesc = ServiceDesc{
 			return req, nil
 		},
 	}},
+}
+
+// SUBACK 0x91 (packet identifier in use), which mochi sends when the
+// identifier is one of its own PUBLISHes in flight to us, is retried with
+// the next identifier.
+func TestConnSubscribeRetriesIdentifierInUse(t *testing.T) {
+	t.Parallel()
+	b := startRefusingBroker(t)
+	b.hook.set(func(h *refusingHook) { h.suback, h.subackN = 0x91, 2 })
+	conn, err := Dial(testContext(t), b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	if err := conn.subscribe(testContext(t), []paho.SubscribeOptions{{Topic: "a/+", QoS: 1}}); err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+	b.hook.set(func(h *refusingHook) {
+		if h.subscribe != 3 {
+			t.Errorf("%d SUBSCRIBEs, want 3 (two refused with 0x91, then granted)", h.subscribe)
+		}
+	})
 }
