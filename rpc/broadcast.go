@@ -126,13 +126,3 @@ func (c *Client) Broadcast(ctx context.Context, service, method string, req any,
 	s := Stub{client: c, service: service, method: method, qos: QoS1, template: defaultTemplate}
 	return s.Broadcast(ctx, req, newResp, opts...)
 }
-
-// responseTarget reads the mqttrpc-target property of a response.
-func responseTarget(p *paho.Publish) string {
-	for _, u := range p.Properties.User {
-		if u.Key == propTarget {
-			return u.Value
-		}
-	}
-	return ""
-}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,17 +12,6 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttrpc/mqttrpc/codec"
-)
-
-// Property names of the protocol (MQTT user properties).
-const (
-	propVersion = "mqttrpc-version"
-	propTimeout = "mqttrpc-timeout"
-	propStatus  = "mqttrpc-status"
-	propMessage = "mqttrpc-message"
-	propTarget  = "mqttrpc-target"
-
-	protocolVersion = "1"
 )
 
 const (
@@ -312,83 +300,6 @@ func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
 	}
 }
 
-// prepare validates a call and builds its request PUBLISH, without
-// correlation data. timeoutProp is the index of the mqttrpc-timeout user
-// property, set at each attempt.
-func (c *Client) prepare(cc *clientCall, tmpl *TopicTemplate, req any) (out *outgoingRequest, timeoutProp int, err error) {
-	call, cfg := &cc.Call, &cc.cfg
-	switch {
-	case call.target == "":
-		return nil, 0, Errorf(InvalidArgument, "call to %s has no target: pass rpc.To(id) or rpc.ToAny()", call.Procedure())
-	case call.target != TargetAny && call.target != TargetAll:
-		if err := checkID("target", call.target); err != nil {
-			return nil, 0, err
-		}
-	}
-	if cfg.qos > QoS2 {
-		return nil, 0, Errorf(InvalidArgument, "QoS %d is not 0, 1 or 2", cfg.qos)
-	}
-	for _, name := range tmpl.custom {
-		if call.tokens[name] == "" {
-			return nil, 0, Errorf(InvalidArgument, "topic template %q needs a value for {%s}: pass rpc.WithToken(%q, value)", tmpl.raw, name, name)
-		}
-	}
-	topic, err := tmpl.render(&topicValues{service: call.service, target: call.target, method: call.method, custom: call.tokens})
-	if err != nil {
-		return nil, 0, err
-	}
-	call.topic = topic
-	out = new(outgoingRequest)
-	props := &out.props
-	props.ResponseTopic = c.responseTopic
-	// Absent means protobuf, and absent mqttrpc-version means 1: every
-	// property costs allocations in the broker and in the server's MQTT
-	// client, so the defaults are not sent.
-	if ct := cfg.codec.ContentType(); ct != codec.ContentTypeProto {
-		props.ContentType = ct
-	}
-	props.MessageExpiry = &out.expiry
-	props.User = out.user[:0]
-	if len(call.reqMeta) > 0 {
-		props.User = make(paho.UserProperties, 0, 1+len(call.reqMeta))
-	}
-	for k, vs := range call.reqMeta {
-		if err := checkMetadataKey(k); err != nil {
-			return nil, 0, err
-		}
-		for _, v := range vs {
-			wire, err := encodeMetadataValue(k, v)
-			if err != nil {
-				return nil, 0, err
-			}
-			props.User = append(props.User, paho.UserProperty{Key: k, Value: wire})
-		}
-	}
-	if cfg.codec.ContentType() == codec.ContentTypeJSON {
-		props.PayloadFormat = &payloadFormatUTF8
-	}
-	payload, err := cfg.codec.Marshal(req)
-	if err != nil {
-		return nil, 0, Errorf(Internal, "encoding the request: %w", err)
-	}
-	if len(payload) > c.maxPayload {
-		return nil, 0, Errorf(ResourceExhausted, "request of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), c.maxPayload)
-	}
-	timeoutProp = len(props.User)
-	props.User = append(props.User, paho.UserProperty{Key: propTimeout})
-	out.publish = paho.Publish{QoS: byte(cfg.qos), Topic: topic, Properties: props, Payload: payload}
-	return out, timeoutProp, nil
-}
-
-// outgoingRequest holds a request PUBLISH and its parts in one allocation.
-type outgoingRequest struct {
-	publish paho.Publish
-	props   paho.PublishProperties
-	user    [1]paho.UserProperty // mqttrpc-timeout
-	expiry  uint32
-	corr    [16]byte // the correlation data
-}
-
 // publishWithRetry publishes the request, again after Unavailable failures
 // as the retry policy allows.
 func (c *Client) publishWithRetry(ctx context.Context, p *paho.Publish, timeoutProp int) error {
@@ -435,69 +346,6 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 	*p.Properties.MessageExpiry = expirySeconds(left) // prepare points it into the request's allocation
 	p.Properties.User[timeoutProp].Value = strconv.FormatInt(max(left.Milliseconds(), 1), 10)
 	return c.conn.publish(ctx, p)
-}
-
-var payloadFormatUTF8 byte = 1
-
-// expirySeconds rounds a duration up to whole seconds, at least 1, for the
-// MessageExpiryInterval.
-func expirySeconds(d time.Duration) uint32 {
-	s := math.Ceil(d.Seconds())
-	return uint32(min(max(s, 1), math.MaxUint32))
-}
-
-func (c *Client) decodeResponse(call *Call, requestCodec codec.Codec, p *paho.Publish, resp any) error {
-	props := p.Properties
-	if call.target == TargetAny || call.target == TargetAll {
-		call.answeredBy = responseTarget(p)
-	} else {
-		call.answeredBy = call.target
-	}
-	code := OK // an answer without mqttrpc-status is OK
-	var message string
-	for _, u := range props.User {
-		switch u.Key {
-		case propStatus:
-			var ok bool
-			if code, ok = parseStatus(u.Value); !ok {
-				return Errorf(Internal, "response has a malformed %s %q", propStatus, u.Value)
-			}
-		case propMessage:
-			message = decodeStatusMessage(u.Value)
-		case propVersion:
-			// A server answers in the request's version: an answer in
-			// another one is not meant for this client.
-			if u.Value != protocolVersion {
-				return Errorf(Internal, "the answer is in mqttrpc protocol version %q; this client speaks version %s", u.Value, protocolVersion)
-			}
-		default:
-			if !isReservedKey(u.Key) {
-				call.ResponseMetadata().Add(u.Key, decodeMetadataValue(u.Key, u.Value))
-			}
-		}
-	}
-	if code != OK {
-		e := Errorf(code, "%s", message)
-		e.wire = true
-		if len(call.respMeta) > 0 {
-			e.meta = call.respMeta.Clone()
-		}
-		return e
-	}
-	if len(p.Payload) > c.maxPayload {
-		return Errorf(ResourceExhausted, "response of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(p.Payload), c.maxPayload)
-	}
-	cd, ok := requestCodec, true
-	if props.ContentType != "" && props.ContentType != cd.ContentType() {
-		cd, ok = builtinCodecs.Lookup(props.ContentType)
-	}
-	if !ok {
-		return Errorf(Internal, "response has unknown content type %q", props.ContentType)
-	}
-	if err := cd.Unmarshal(p.Payload, resp); err != nil {
-		return Errorf(Internal, "decoding the response as %s: %v", cd.ContentType(), err)
-	}
-	return nil
 }
 
 var builtinCodecs = codec.NewRegistry()

@@ -105,13 +105,3 @@ func (c *Code) UnmarshalText(text []byte) error {
 	}
 	return fmt.Errorf("rpc: invalid code %q", s)
 }
-
-// parseStatus reads the mqttrpc-status property. Anything that is not a
-// decimal code is reported as ok=false.
-func parseStatus(s string) (Code, bool) {
-	n, err := strconv.ParseUint(s, 10, 32)
-	if err != nil {
-		return Unknown, false
-	}
-	return Code(n), true
-}

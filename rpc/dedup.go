@@ -33,24 +33,6 @@ type dedupEntry struct {
 	size       int
 }
 
-// cachedResponse is an answer kept to be sent again to a duplicate.
-type cachedResponse struct {
-	qos        byte
-	topic      string
-	properties responseProperties
-	payload    []byte
-}
-
-// responseProperties are the parts of a response's properties that do not
-// depend on when it is sent.
-type responseProperties struct {
-	correlationData []byte
-	contentType     string
-	user            []userProperty
-}
-
-type userProperty struct{ key, value string }
-
 // dedupState says what to do with a request.
 type dedupState int
 

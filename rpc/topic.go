@@ -260,3 +260,51 @@ func checkID(kind, id string) error {
 	}
 	return nil
 }
+
+// ResponseTopicFilter returns a response-topic policy that allows topics
+// matching any of the MQTT topic filters (with + and # wildcards).
+func ResponseTopicFilter(filters ...string) func(topic string) bool {
+	return func(topic string) bool {
+		for _, f := range filters {
+			if topicMatchesFilter(f, topic) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// topicMatchesFilter implements MQTT topic filter matching, with the rule
+// that a filter starting with a wildcard matches no topic starting with $
+// (MQTT-4.7.2-1): "#" does not admit "$SYS/...".
+func topicMatchesFilter(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		fl, frest, fmore := cut(filter)
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tmore := cut(topic)
+		if fl != "+" && fl != tl {
+			return false
+		}
+		if !fmore {
+			return !tmore
+		}
+		if !tmore {
+			return frest == "#" // "a/#" matches "a"
+		}
+		filter, topic = frest, trest
+	}
+}
+
+func cut(s string) (level, rest string, more bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}

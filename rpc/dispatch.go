@@ -1,0 +1,432 @@
+package rpc
+
+// How a Server takes a request from the broker to a handler and its answer
+// back: admission, the bounded worker pool and queue, the handler call, and
+// publishing the answer.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttrpc/mqttrpc/codec"
+)
+
+// handlePublish runs on paho's receive goroutine. It claims requests for
+// this server's services and never blocks: the work happens in handler
+// goroutines.
+func (s *Server) handlePublish(p *paho.Publish, ack func()) bool {
+	arrival := time.Now()
+	req := &request{publish: p, ack: ack}
+	for _, svc := range s.services {
+		for _, t := range svc.templates {
+			if t.match(p.Topic, svc.desc.ServiceName, &req.values) {
+				req.svc = svc
+				break
+			}
+			req.values = topicValues{}
+		}
+		if req.svc != nil {
+			break
+		}
+	}
+	if req.svc == nil {
+		return false
+	}
+	if !s.admit(req, arrival) {
+		ack()
+	}
+	return true
+}
+
+// admit decides what happens to a claimed request. It returns true when the
+// request was handed to a handler goroutine, which acknowledges it when done.
+func (s *Server) admit(req *request, arrival time.Time) bool {
+	p := req.publish
+	props := p.Properties
+	if props == nil || props.ResponseTopic == "" {
+		s.drop(DropNoResponseTopic, p.Topic, "request has no ResponseTopic")
+		return false
+	}
+	if err := checkResponseTopic(props.ResponseTopic); err != "" {
+		// Publishing there would get the server disconnected by the broker.
+		s.drop(DropBadResponseTopic, p.Topic, "response topic "+strconv.Quote(props.ResponseTopic)+" "+err)
+		return false
+	}
+	if !s.cfg.responseTopicPolicy(props.ResponseTopic) {
+		s.drop(DropResponseTopicPolicy, p.Topic, "response topic "+strconv.Quote(props.ResponseTopic)+" is outside the policy")
+		return false
+	}
+	if len(props.CorrelationData) > maxCorrelationData {
+		s.drop(DropBadCorrelationData, p.Topic, "correlation data longer than "+strconv.Itoa(maxCorrelationData)+" bytes")
+		return false
+	}
+	var ok bool
+	req.deadline, req.callerDeadline, ok = s.deadline(arrival, props)
+	if !ok {
+		s.drop(DropExpired, p.Topic, "request expired before it arrived")
+		return false
+	}
+	if key, fresh := requestDedupKey(p); key != "" {
+		state, cached, entry := s.dedup.start(key, req.callerDeadline, arrival, fresh)
+		req.dedupEntry = entry
+		switch state {
+		case dedupRunning:
+			// The original's answer goes to the same topic with the same
+			// correlation data: it answers this copy too.
+			s.count(DropDuplicate, p.Topic)
+			return false
+		case dedupDone:
+			s.count(DropDuplicate, p.Topic)
+			if cached != nil {
+				s.answerEarly(req, func(ctx context.Context) { s.publishResponse(ctx, cached, req.callerDeadline) })
+			}
+			return false
+		}
+	}
+
+	req.method = req.svc.methods[req.values.method]
+	var (
+		rejectReason DropReason
+		rejectErr    *Error
+	)
+	s.mu.Lock()
+	switch {
+	case len(p.Payload) > s.cfg.maxPayload:
+		rejectReason, rejectErr = DropTooLarge, Errorf(ResourceExhausted, "request of %d bytes exceeds the server's limit of %d", len(p.Payload), s.cfg.maxPayload)
+	case s.stopping:
+		rejectReason, rejectErr = DropShuttingDown, Errorf(Unavailable, "server is shutting down")
+	case req.method == nil:
+		s.mu.Unlock()
+		// Answered at once: it needs no handler, and must not wait behind
+		// the queue. serve acknowledges it.
+		if !s.answerEarly(req, func(ctx context.Context) { s.serve(req) }) {
+			s.dedup.forget(req.dedupEntry)
+			return false
+		}
+		return true
+	case s.running < s.cfg.concurrency && req.method.running < s.methodLimit():
+		s.running++
+		req.method.running++
+		s.workers.Add(1)
+		go s.work(req)
+	case s.queued < s.cfg.queueSize:
+		m := req.method
+		if len(m.queue) == 0 {
+			s.ready = append(s.ready, m)
+		}
+		m.queue = append(m.queue, req)
+		s.queued++
+	default:
+		rejectReason, rejectErr = DropOverload, Errorf(ResourceExhausted, "server overloaded: %d calls running and %d queued", s.cfg.concurrency, s.cfg.queueSize)
+	}
+	s.mu.Unlock()
+	if rejectErr != nil {
+		s.reject(req, rejectReason, rejectErr)
+		return false
+	}
+	return true
+}
+
+// methodLimit is how many handlers of one method may run at once, so that
+// a slow method leaves workers for the others.
+func (s *Server) methodLimit() int {
+	if s.cfg.methodConcurrency > 0 {
+		return s.cfg.methodConcurrency
+	}
+	return max(1, s.cfg.concurrency-s.cfg.concurrency/4)
+}
+
+// work runs req, then queued requests, until none may run.
+func (s *Server) work(req *request) {
+	defer s.workers.Done()
+	for req != nil {
+		s.serve(req)
+		s.mu.Lock()
+		req.method.running--
+		req = s.nextQueued()
+		if req == nil {
+			s.running--
+			if s.running == 0 && s.idle != nil {
+				close(s.idle)
+			}
+		} else {
+			req.method.running++
+		}
+		s.mu.Unlock()
+	}
+}
+
+// nextQueued takes the next request round robin over the methods with
+// waiting requests, skipping methods at their limit. s.mu is held.
+func (s *Server) nextQueued() *request {
+	limit := s.methodLimit()
+	for i := range s.ready {
+		idx := (s.nextReady + i) % len(s.ready)
+		m := s.ready[idx]
+		if m.running >= limit {
+			continue
+		}
+		req := m.queue[0]
+		m.queue[0] = nil
+		m.queue = m.queue[1:]
+		s.queued--
+		if len(m.queue) == 0 {
+			m.queue = nil
+			s.ready = append(s.ready[:idx], s.ready[idx+1:]...)
+			s.nextReady = idx
+		} else {
+			s.nextReady = idx + 1
+		}
+		return req
+	}
+	return nil
+}
+
+// serve decodes, runs the handler and publishes the answer.
+func (s *Server) serve(req *request) {
+	defer req.ack()
+	p := req.publish
+	if !time.Now().Before(req.deadline) {
+		if req.deadline.Before(req.callerDeadline) {
+			s.respond(context.Background(), req, &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: p.Topic}, s.requestCodec(p), nil, s.capExceeded())
+			return
+		}
+		s.drop(DropExpired, p.Topic, "request expired while queued")
+		s.dedup.forget(req.dedupEntry)
+		return
+	}
+	ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
+	defer cancel()
+	if req.deadline.Before(req.callerDeadline) {
+		// The server's cap comes first: tell the caller when it passes,
+		// even if the handler ignores its context.
+		fired := make(chan struct{})
+		timer := time.AfterFunc(time.Until(req.deadline), func() {
+			defer close(fired)
+			s.respond(context.Background(), req, &Call{service: req.svc.desc.ServiceName, method: req.values.method, target: req.values.target, topic: p.Topic}, s.requestCodec(p), nil, s.capExceeded())
+		})
+		defer func() {
+			if !timer.Stop() {
+				<-fired
+			}
+		}()
+	}
+	call := &req.call
+	*call = Call{
+		service:  req.svc.desc.ServiceName,
+		method:   req.values.method,
+		target:   req.values.target,
+		tokens:   req.values.custom,
+		topic:    p.Topic,
+		isClient: false,
+	}
+	version := readRequestProperties(p, call)
+	cd, known := s.codecs.Lookup(p.Properties.ContentType)
+	if !known {
+		s.respond(ctx, req, call, codec.Proto, nil, Errorf(InvalidArgument, "unknown content type %q: send %s or %s", p.Properties.ContentType, codec.ContentTypeProto, codec.ContentTypeJSON))
+		return
+	}
+	call.codecName = cd.Name()
+	if version != protocolVersion {
+		s.respond(ctx, req, call, cd, nil, Errorf(Unimplemented, "protocol version %q is not supported; this server speaks mqttrpc version %s", version, protocolVersion))
+		return
+	}
+	m := req.method
+	if m == nil || !m.template.match(p.Topic, call.service, &topicValues{}) {
+		s.respond(ctx, req, call, cd, nil, Errorf(Unimplemented, "method %s not implemented by service %s", req.values.method, call.service))
+		return
+	}
+	call.idempotency = m.desc.Idempotency
+	msg := m.desc.NewRequest()
+	if err := cd.Unmarshal(p.Payload, msg); err != nil {
+		s.count(DropBadPayload, p.Topic)
+		s.respond(ctx, req, call, cd, nil, Errorf(InvalidArgument, "request payload does not decode as %s (%s): %v", m.desc.MethodName, cd.ContentType(), err))
+		return
+	}
+	resp, err := s.runHandler(withCall(ctx, call), m, msg)
+	s.respond(ctx, req, call, cd, resp, err)
+}
+
+// runHandler calls the handler and turns a panic into Internal. A typed
+// nil *Error is no error; a nil response without an error is Internal, as
+// in gRPC: the caller would otherwise read an empty message as a real one.
+func (s *Server) runHandler(ctx context.Context, m *method, msg any) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.logger.Error("mqttrpc: handler panicked", "method", m.desc.MethodName, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, Errorf(Internal, "handler panicked")
+		}
+	}()
+	resp, err = m.call(ctx, msg)
+	if isNilError(err) {
+		err = nil
+	}
+	if err == nil && isNilValue(resp) {
+		return nil, Errorf(Internal, "handler of %s returned neither a response nor an error", m.desc.MethodName)
+	}
+	return resp, err
+}
+
+// isNilValue reports whether v is nil or a nil pointer, map, slice,
+// interface, channel or function in an interface.
+func isNilValue(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Interface, reflect.Chan, reflect.Func:
+		return rv.IsNil()
+	}
+	return false
+}
+
+// reject answers a request that will not be served, from the early-answer
+// queue. The queued answer keeps no payload: a burst of rejections costs
+// little memory.
+func (s *Server) reject(req *request, reason DropReason, err *Error) {
+	s.count(reason, req.publish.Topic)
+	s.dedup.forget(req.dedupEntry) // not executed: a retry deserves its chance
+	p := *req.publish
+	p.Payload = nil
+	rejected := &request{svc: req.svc, values: req.values, publish: &p, deadline: req.deadline, callerDeadline: req.callerDeadline, ack: noAck}
+	s.answerEarly(rejected, func(ctx context.Context) {
+		call := &Call{service: rejected.svc.desc.ServiceName, method: rejected.values.method, target: rejected.values.target, topic: p.Topic}
+		cd, ok := s.codecs.Lookup(p.Properties.ContentType)
+		if !ok {
+			cd = codec.Proto
+		}
+		s.respond(ctx, rejected, call, cd, nil, err)
+	})
+}
+
+// answerEarly queues an answer that needs no handler. When the queue is
+// full the request is dropped unanswered, counted and logged.
+func (s *Server) answerEarly(req *request, answer func(ctx context.Context)) bool {
+	if s.early.add(s.baseCtx, earlyAnswer{deadline: req.callerDeadline, answer: answer}) {
+		return true
+	}
+	s.drop(DropUnanswered, req.publish.Topic, "too many early answers queued")
+	return false
+}
+
+// requestCodec is the codec of a request's content type, protobuf when it
+// is unknown.
+func (s *Server) requestCodec(p *paho.Publish) codec.Codec {
+	if cd, ok := s.codecs.Lookup(p.Properties.ContentType); ok {
+		return cd
+	}
+	return codec.Proto
+}
+
+// capExceeded is the answer when the server's cap on a call's time passes
+// before the caller's deadline.
+func (s *Server) capExceeded() *Error {
+	return Errorf(DeadlineExceeded, "the server's time limit for a call (%v, WithMaxTimeout) passed", s.cfg.maxTimeout)
+}
+
+// respond publishes the answer: the response message on success, the code
+// and message on error. The answer is kept for duplicates of the request.
+// Only the first answer of a request counts; a handler that returns after
+// the server's cap has passed finds it answered.
+func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec.Codec, resp any, handlerErr error) {
+	if !req.answered.CompareAndSwap(false, true) {
+		return
+	}
+	p := req.publish
+	if req.deadline.Before(req.callerDeadline) && !time.Now().Before(req.deadline) {
+		// The server gave up on the call: the caller hears it now.
+		resp, handlerErr = nil, s.capExceeded()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(s.baseCtx, req.callerDeadline)
+		defer cancel()
+	}
+	cr := s.buildResponse(req, call, cd, resp, handlerErr)
+	if req.dedupEntry != nil {
+		s.dedup.finishEntry(req.dedupEntry, cr)
+	}
+	if time.Until(req.callerDeadline) <= 0 {
+		s.drop(DropExpired, p.Topic, "the call's deadline passed before the answer was ready")
+		return
+	}
+	if err := s.publishResponse(ctx, cr, req.callerDeadline); err != nil {
+		s.count(DropResponseFailed, p.Topic)
+		s.cfg.logger.Warn("mqttrpc: publishing the response failed", "topic", p.Topic, "response_topic", cr.topic, "error", err)
+		return
+	}
+	s.stats.add(statServed)
+}
+
+// marshal encodes a handler's response; a codec that panics on what the
+// handler returned is an Internal error, not a crash.
+func (s *Server) marshal(cd codec.Codec, resp any) (payload []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			payload, err = nil, fmt.Errorf("codec %s panicked on a %T: %v", cd.Name(), resp, r)
+		}
+	}()
+	return cd.Marshal(resp)
+}
+
+// publishResponse publishes an answer with what is left of deadline as its
+// expiry.
+func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadline time.Time) error {
+	left := time.Until(deadline)
+	if left <= 0 {
+		return nil
+	}
+	// One allocation for the packet and its parts.
+	out := new(outgoingResponse)
+	expiry := &out.expiry
+	*expiry = expirySeconds(left)
+	user := out.user[:0]
+	if len(cr.properties.user) > len(out.user) {
+		user = make(paho.UserProperties, 0, len(cr.properties.user))
+	}
+	for _, u := range cr.properties.user {
+		user = append(user, paho.UserProperty{Key: u.key, Value: u.value})
+	}
+	props := &out.props
+	*props = paho.PublishProperties{
+		CorrelationData: cr.properties.correlationData,
+		ContentType:     cr.properties.contentType,
+		MessageExpiry:   expiry,
+		User:            user,
+	}
+	if cr.properties.contentType == codec.ContentTypeJSON {
+		props.PayloadFormat = &payloadFormatUTF8
+	}
+	backoff := 20 * time.Millisecond
+	for {
+		out.publish = paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload}
+		err := s.publish(ctx, &out.publish)
+		if err == nil || !errors.Is(err, errTransport) {
+			return err
+		}
+		// The connection failed: the answer is still worth sending once it
+		// is back, until the deadline. A copy that arrives twice is
+		// ignored by the caller.
+		timer := time.NewTimer(backoff)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return err
+		}
+		backoff = min(2*backoff, time.Second)
+		if err := s.conn.AwaitConnection(ctx); err != nil {
+			return err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		*expiry = expirySeconds(left)
+	}
+}
