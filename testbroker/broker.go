@@ -146,6 +146,10 @@ func (b *Broker) Disconnect(clientID string) error {
 	if !ok || cl.Net.Inline || cl.Closed() || cl.Net.Conn == nil {
 		return fmt.Errorf("testbroker: client %q is not connected", clientID)
 	}
+	if qc, ok := cl.Net.Conn.(*queuedConn); ok {
+		qc.abort() // what is queued for the client is lost with the connection
+		return nil
+	}
 	return cl.Net.Conn.Close()
 }
 

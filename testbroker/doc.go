@@ -22,10 +22,18 @@
 //     Information 0 (autopaho sends that whenever SessionExpiryInterval is
 //     set); mochi strips them from PUBLISH packets too.
 //
-// and avoids two mochi deadlocks: Close and Restart cut connections
-// themselves, without DISCONNECT packets, as a crashing broker would; and the
+// and avoids three mochi deadlocks: Close and Restart cut connections
+// themselves, without DISCONNECT packets, as a crashing broker would; the
 // broker does not enforce a client's own Receive Maximum (mochi's code for it
-// can deadlock), leaving a slow client to TCP backpressure.
+// can deadlock), leaving a slow client to TCP backpressure; and writes to a
+// client never block. mochi writes to the network under the client's lock,
+// which its reader of that client needs for every PUBACK and every publisher
+// for every message to it, so a client that stopped reading for a moment
+// stopped the broker reading it and its publishers, and large payloads at
+// high concurrency wedged client and broker until the keepalive cut them.
+// As Mosquitto does, testbroker queues what it cannot write yet, in memory
+// (up to 1 GiB per client, past which it cuts the client), and keeps
+// reading every client.
 //
 // It also closes a race between two connections with the same client ID.
 // When a connection whose session ends with it (clean start, or Session

@@ -16,7 +16,8 @@ import (
 // broker alive), and its client lookup read-locks the client map twice, which
 // deadlocks when a client disconnects at the same moment. This one stops
 // accepting, then closes every connection it accepted, without a DISCONNECT
-// packet, and waits until mochi's goroutines for them have returned.
+// packet, and waits until mochi's goroutines for them have returned. It hands
+// mochi each connection as a queuedConn, whose writes never block.
 type trackingListener struct {
 	id         string
 	ln         net.Listener
@@ -26,7 +27,7 @@ type trackingListener struct {
 
 	mu       sync.Mutex
 	closing  bool
-	conns    map[net.Conn]struct{}
+	conns    map[*queuedConn]struct{}
 	handlers sync.WaitGroup // one per accepted connection until mochi is done with it
 }
 
@@ -41,7 +42,7 @@ func newTrackingListener(id string, ln net.Listener, done func(net.Conn)) *track
 		log:        slog.New(slog.DiscardHandler),
 		done:       done,
 		acceptDone: make(chan struct{}),
-		conns:      make(map[net.Conn]struct{}),
+		conns:      make(map[*queuedConn]struct{}),
 	}
 }
 
@@ -65,7 +66,7 @@ func (l *trackingListener) Protocol() string { return "tcp" }
 func (l *trackingListener) Serve(establish listeners.EstablishFn) {
 	defer close(l.acceptDone)
 	for {
-		conn, err := l.ln.Accept()
+		nc, err := l.ln.Accept()
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -74,8 +75,9 @@ func (l *trackingListener) Serve(establish listeners.EstablishFn) {
 			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors: back off instead of spinning
 			continue
 		}
+		conn := newQueuedConn(nc) // mochi never blocks writing to a client (queuedconn.go)
 		if !l.track(conn) {
-			_ = conn.Close()
+			conn.abort()
 			return
 		}
 		go func() {
@@ -104,14 +106,18 @@ func (l *trackingListener) Close(listeners.CloseFn) {
 	_ = l.ln.Close()
 	<-l.acceptDone
 	l.mu.Lock()
+	conns := make([]*queuedConn, 0, len(l.conns))
 	for conn := range l.conns {
-		_ = conn.Close()
+		conns = append(conns, conn)
 	}
 	l.mu.Unlock()
+	for _, conn := range conns {
+		conn.abort()
+	}
 	l.handlers.Wait()
 }
 
-func (l *trackingListener) track(conn net.Conn) bool {
+func (l *trackingListener) track(conn *queuedConn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closing {
@@ -122,7 +128,9 @@ func (l *trackingListener) track(conn net.Conn) bool {
 	return true
 }
 
-func (l *trackingListener) untrack(conn net.Conn) {
+// untrack forgets conn once mochi is done with it, and closes it: what mochi
+// queued last, such as a CONNACK refusing the client, is written first.
+func (l *trackingListener) untrack(conn *queuedConn) {
 	l.mu.Lock()
 	delete(l.conns, conn)
 	l.mu.Unlock()
