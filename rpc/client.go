@@ -296,6 +296,7 @@ func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
 		if ctx.Err() == context.DeadlineExceeded {
 			return wrapCause(DeadlineExceeded, ctx.Err(), fmt.Sprintf("no response from %s on %q within the deadline", call.target, p.Topic))
 		}
+		c.sendCancel(p)
 		return wrapCause(Canceled, ctx.Err(), "call canceled")
 	}
 }
@@ -349,3 +350,17 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 }
 
 var builtinCodecs = codec.NewRegistry()
+
+// cancelTimeout bounds the publish of a cancel message.
+const cancelTimeout = time.Second
+
+// sendCancel tells the server that the caller gave up on request p, so
+// that its handler's context ends (docs/protocol.md, "Cancellation"). It
+// is best effort: a cancel that is lost leaves the handler to its deadline.
+func (c *Client) sendCancel(p *paho.Publish) {
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
+	defer cancel()
+	if err := c.conn.publish(ctx, cancelMessage(p)); err != nil {
+		c.logger.Debug("mqttrpc: the cancel message was not delivered", "topic", p.Topic, "error", err)
+	}
+}

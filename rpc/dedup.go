@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"strconv"
 	"sync"
 	"time"
@@ -31,6 +32,10 @@ type dedupEntry struct {
 	done       bool
 	response   *cachedResponse // set when done and the answer was published
 	size       int
+	// cancel ends the handler's context when the caller cancels (the
+	// cancel message); canceled records a cancel that came first.
+	cancel   context.CancelFunc
+	canceled bool
 }
 
 // dedupState says what to do with a request.
@@ -116,11 +121,17 @@ func (c *dedupCache) finish(key string, resp *cachedResponse) {
 }
 
 // finishEntry stores the answer of e's request, if e is still in the cache.
-func (c *dedupCache) finishEntry(e *dedupEntry, resp *cachedResponse) {
+// It reports whether the caller canceled the call: then the answer is not
+// kept, and should not be sent.
+func (c *dedupCache) finishEntry(e *dedupEntry, resp *cachedResponse) (canceled bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	e.cancel = nil
+	if e.canceled {
+		resp = nil
+	}
 	if c.entries[e.key] != e {
-		return // evicted or replaced meanwhile
+		return e.canceled // evicted or replaced meanwhile
 	}
 	e.done = true
 	if resp != nil {
@@ -133,6 +144,7 @@ func (c *dedupCache) finishEntry(e *dedupEntry, resp *cachedResponse) {
 		c.bytes += grow
 	}
 	c.evict(time.Time{})
+	return e.canceled
 }
 
 // forget removes e: its request was not executed (rejected, expired
@@ -174,3 +186,38 @@ func (c *dedupCache) len() int {
 	defer c.mu.Unlock()
 	return len(c.entries)
 }
+
+// attachCancel gives e's running handler the function that cancels it. It
+// reports false when the caller already canceled: the handler need not run.
+func (c *dedupCache) attachCancel(e *dedupEntry, cancel context.CancelFunc) bool {
+	if e == nil {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.canceled {
+		return false
+	}
+	e.cancel = cancel
+	return true
+}
+
+// cancelCall handles a cancel message for key: the handler's context ends;
+// a request still queued will not run. It reports whether a call that had
+// not finished was found.
+func (c *dedupCache) cancelCall(key string) bool {
+	c.mu.Lock()
+	e, ok := c.entries[key]
+	if !ok || e.done || e.canceled {
+		c.mu.Unlock()
+		return false
+	}
+	e.canceled = true
+	cancel := e.cancel
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	return true
+}
+

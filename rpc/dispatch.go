@@ -39,10 +39,27 @@ func (s *Server) handlePublish(p *paho.Publish, ack func()) bool {
 	if req.svc == nil {
 		return false
 	}
+	if isCancel(p) {
+		s.cancel(p)
+		ack()
+		return true
+	}
 	if !s.admit(req, arrival) {
 		ack()
 	}
 	return true
+}
+
+// cancel handles a cancel message: the call it names, if it is running or
+// queued, ends without an answer.
+func (s *Server) cancel(p *paho.Publish) {
+	props := p.Properties
+	if props.ResponseTopic == "" || len(props.CorrelationData) == 0 {
+		return // names no call
+	}
+	if s.dedup.cancelCall(dedupKey(props.ResponseTopic, props.CorrelationData)) {
+		s.count(DropCanceled, p.Topic)
+	}
 }
 
 // admit decides what happens to a claimed request. It returns true when the
@@ -204,6 +221,11 @@ func (s *Server) serve(req *request) {
 	}
 	ctx, cancel := context.WithDeadline(s.baseCtx, req.deadline)
 	defer cancel()
+	if !s.dedup.attachCancel(req.dedupEntry, cancel) {
+		// Canceled while queued: it does not run.
+		s.dedup.finishEntry(req.dedupEntry, nil)
+		return
+	}
 	if req.deadline.Before(req.callerDeadline) {
 		// The server's cap comes first: tell the caller when it passes,
 		// even if the handler ignores its context.
@@ -348,8 +370,8 @@ func (s *Server) respond(ctx context.Context, req *request, call *Call, cd codec
 		defer cancel()
 	}
 	cr := s.buildResponse(req, call, cd, resp, handlerErr)
-	if req.dedupEntry != nil {
-		s.dedup.finishEntry(req.dedupEntry, cr)
+	if req.dedupEntry != nil && s.dedup.finishEntry(req.dedupEntry, cr) {
+		return // the caller canceled: nobody waits for the answer
 	}
 	if time.Until(req.callerDeadline) <= 0 {
 		s.drop(DropExpired, p.Topic, "the call's deadline passed before the answer was ready")

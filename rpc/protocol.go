@@ -26,6 +26,7 @@ const (
 	propStatus  = "mqttrpc-status"
 	propMessage = "mqttrpc-message"
 	propTarget  = "mqttrpc-target"
+	propCancel  = "mqttrpc-cancel"
 
 	protocolVersion = "1"
 )
@@ -183,6 +184,42 @@ func readRequestProperties(p *paho.Publish, call *Call) (version string) {
 		}
 	}
 	return version
+}
+
+// --- cancellation ---
+
+// cancelMessage returns the cancel message of request p: on the request
+// topic, with its ResponseTopic and CorrelationData and mqttrpc-cancel: 1,
+// no payload.
+func cancelMessage(p *paho.Publish) *paho.Publish {
+	expiry := uint32(1)
+	if p.Properties.MessageExpiry != nil {
+		expiry = *p.Properties.MessageExpiry
+	}
+	return &paho.Publish{
+		QoS:   p.QoS,
+		Topic: p.Topic,
+		Properties: &paho.PublishProperties{
+			ResponseTopic:   p.Properties.ResponseTopic,
+			CorrelationData: p.Properties.CorrelationData,
+			MessageExpiry:   &expiry,
+			User:            paho.UserProperties{{Key: propCancel, Value: "1"}},
+		},
+	}
+}
+
+// isCancel reports whether a PUBLISH on a request topic is a cancel
+// message.
+func isCancel(p *paho.Publish) bool {
+	if p.Properties == nil {
+		return false
+	}
+	for _, u := range p.Properties.User {
+		if u.Key == propCancel {
+			return u.Value == "1"
+		}
+	}
+	return false
 }
 
 // --- the response PUBLISH ---

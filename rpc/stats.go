@@ -68,11 +68,14 @@ const (
 	// moment when the server already had too many early answers queued, so
 	// it got none.
 	DropUnanswered
+	// DropCanceled: the caller canceled the call (a cancel message) before
+	// it was answered; the handler's context ended, or it never ran.
+	DropCanceled
 	numDropReasons
 	statServed = numDropReasons
 )
 
-var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered"}
+var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered", "canceled"}
 
 // String returns the reason as a snake_case word, for logs and metrics.
 func (r DropReason) String() string {
