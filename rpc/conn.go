@@ -17,6 +17,8 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/google/uuid"
+
+	"github.com/mqttrpc/mqttrpc/internal/transport"
 )
 
 // Conn is a connection to an MQTT 5 broker that Clients and Servers share.
@@ -192,11 +194,11 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 		cfg.ackAfterHandling = &on
 	}
 	apCfg.EnableManualAcknowledgment = *cfg.ackAfterHandling
-	if tc := cfg.transport(); (tc.coalesce || tc.quickAck) && (u.Scheme == "mqtt" || u.Scheme == "tcp") && os.Getenv("all_proxy") == "" {
-		// Plain TCP through the transport (transport.go); autopaho's own
-		// dialer otherwise (TLS, WebSocket, a proxy).
+	if tc := cfg.transportConfig(); (tc.Coalesce || tc.QuickAck) && (u.Scheme == "mqtt" || u.Scheme == "tcp") && os.Getenv("all_proxy") == "" {
+		// Plain TCP through the transport (internal/transport); autopaho's
+		// own dialer otherwise (TLS, WebSocket, a proxy).
 		apCfg.AttemptConnection = func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
-			return dialTransport(ctx, u.Host, ac.ConnectTimeout, tc)
+			return transport.Dial(ctx, u.Host, ac.ConnectTimeout, tc)
 		}
 	}
 	c, err := newConn(apCfg, &cfg, true)
@@ -532,50 +534,6 @@ func (c *Conn) connectionUp(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 	}()
 }
 
-// connectionDown runs on autopaho's goroutine when a connection has ended,
-// before it reconnects (after reconnectDelay). A connection the broker took
-// over, or one that ended soon after it was made, counts as a takeover.
-func (c *Conn) connectionDown() {
-	reason, byBroker := c.session.disconnectReason()
-	c.mu.Lock()
-	c.up = false
-	if c.genCancel != nil {
-		c.genCancel()
-		c.cancelOps()
-	}
-	c.genCtx, c.genCancel = nil, nil
-	lived := time.Since(c.upSince)
-	takenOver := byBroker && reason == 0x8E
-	if lived >= healthyAfter {
-		c.takeovers = 0
-	}
-	suspect := takenOver || lived < shortLived
-	if suspect && !c.closed {
-		c.takeovers++
-	} else {
-		c.takeovers = 0
-	}
-	n, closed := c.takeovers, c.closed
-	c.wakeLocked()
-	c.mu.Unlock()
-	switch {
-	case closed:
-	case takenOver:
-		c.logger.Warn("mqttrpc: the broker handed the session to another client with the same client ID (DISCONNECT 0x8E); reconnecting with backoff",
-			"client_id", c.clientID, "broker", c.broker, "takeovers_in_a_row", n)
-	case suspect && byBroker:
-		c.logger.Warn("mqttrpc: the broker disconnected soon after connecting; reconnecting with backoff",
-			"client_id", c.clientID, "broker", c.broker, "reason", fmt.Sprintf("0x%02x (%s)", reason, disconnectReasonText(reason)), "lived", lived, "in_a_row", n)
-	case suspect:
-		c.logger.Warn("mqttrpc: connection lost soon after it was made, likely taken over by another client with the same client ID; reconnecting with backoff",
-			"client_id", c.clientID, "broker", c.broker, "lived", lived, "in_a_row", n)
-	case byBroker:
-		c.logger.Info("mqttrpc: the broker disconnected", "client_id", c.clientID, "reason", fmt.Sprintf("0x%02x (%s)", reason, disconnectReasonText(reason)))
-	default:
-		c.logger.Debug("mqttrpc: connection lost", "client_id", c.clientID)
-	}
-}
-
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // connConfig collects ConnOptions.
@@ -594,4 +552,16 @@ type connConfig struct {
 	quickAck         *bool
 	logger           *slog.Logger
 	beforeUp         func() // tests: runs at the start of connectionUp
+}
+
+// transportConfig returns the transport options with their defaults.
+func (c *connConfig) transportConfig() transport.Config {
+	tc := transport.Config{Coalesce: true, QuickAck: true}
+	if c.writeCoalescing != nil {
+		tc.Coalesce = *c.writeCoalescing
+	}
+	if c.quickAck != nil {
+		tc.QuickAck = *c.quickAck && transport.QuickAckSupported
+	}
+	return tc
 }

@@ -99,7 +99,8 @@ func TestQuickAckOnStockMosquitto(t *testing.T) {
 	if on > 10*time.Millisecond {
 		t.Fatalf("median call took %v with TCP_QUICKACK re-armed: the delayed ACK still holds answers back", on)
 	}
-	// Each end arms after stallsToArm stalls; a call can stall on both.
+	// Each end arms after the transport's stallsToArm (3) stalls; a call can
+	// stall on both.
 	if slowOn > 6 {
 		t.Fatalf("%d of 21 calls took over 30 ms: the stall detection arms too late", slowOn)
 	}

@@ -1,18 +1,5 @@
-package rpc
-
-import (
-	"bufio"
-	"context"
-	"errors"
-	"net"
-	"sync"
-	"sync/atomic"
-	"syscall"
-	"time"
-)
-
-// The transport sits between paho and a plain TCP connection to the broker.
-// It does three things paho does not:
+// Package transport is the net.Conn that mqttrpc puts between paho and a
+// plain TCP connection to the broker. It does three things paho does not:
 //
 //   - it reads through a 32 KiB buffer, so that one read system call takes
 //     in many packets (paho reads a packet's header byte by byte);
@@ -25,16 +12,28 @@ import (
 //     (Nagle's algorithm on the broker, Mosquitto's stock configuration), it
 //     re-arms TCP_QUICKACK after reading an acknowledgement from the broker
 //     while few calls are in flight (Linux).
+package transport
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
 
 const (
-	// transportReadBuffer is the size of the read buffer.
-	transportReadBuffer = 32 << 10
-	// transportWriteLimit bounds the bytes waiting for the flusher: past it
+	// readBuffer is the size of the read buffer.
+	readBuffer = 32 << 10
+	// writeLimit bounds the bytes waiting for the flusher: past it
 	// writers wait (backpressure).
-	transportWriteLimit = 256 << 10
-	// transportCloseFlush bounds how long Close waits for pending packets
+	writeLimit = 256 << 10
+	// closeFlush bounds how long Close waits for pending packets
 	// (the DISCONNECT) to be written.
-	transportCloseFlush = 2 * time.Second
+	closeFlush = 2 * time.Second
 	// quickAckMaxInFlight: TCP_QUICKACK is re-armed after a read only while
 	// at most this many requests are unanswered on the connection. On a
 	// broker with Nagle's algorithm on, 16 calls in flight still stall
@@ -61,26 +60,17 @@ const (
 	stallsToArm = 3
 )
 
-// transportConfig says which parts of the transport are on.
-type transportConfig struct {
-	coalesce bool // write coalescing with a flusher goroutine
-	quickAck bool // adaptive TCP_QUICKACK (Linux only)
+// Config says which parts of the transport are on.
+type Config struct {
+	Coalesce bool // write coalescing with a flusher goroutine
+	QuickAck bool // adaptive TCP_QUICKACK (Linux only; ignored elsewhere, see QuickAckSupported)
 }
 
-// transport returns the transport options with their defaults.
-func (c *connConfig) transport() transportConfig {
-	tc := transportConfig{coalesce: true, quickAck: true}
-	if c.writeCoalescing != nil {
-		tc.coalesce = *c.writeCoalescing
-	}
-	if c.quickAck != nil {
-		tc.quickAck = *c.quickAck && quickAckSupported
-	}
-	return tc
-}
-
-// dialTransport dials address and wraps the connection.
-func dialTransport(ctx context.Context, address string, timeout time.Duration, cfg transportConfig) (net.Conn, error) {
+// Dial dials address over TCP, giving up after timeout (none if 0), and
+// returns the connection wrapped as cfg says. The returned net.Conn also
+// implements sync.Locker: paho holds the lock across the pieces of one
+// packet, which is how the transport knows where a packet ends.
+func Dial(ctx context.Context, address string, timeout time.Duration, cfg Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, "tcp", address)
 	if err != nil {
@@ -90,16 +80,16 @@ func dialTransport(ctx context.Context, address string, timeout time.Duration, c
 	if !ok {
 		return c, nil
 	}
-	return newTransportConn(tcp, cfg), nil
+	return newConn(tcp, cfg), nil
 }
 
-// transportConn is the connection paho sees. It implements sync.Locker, so
+// conn is the connection paho sees. It implements sync.Locker, so
 // that paho holds the lock across the pieces of one packet.
-type transportConn struct {
+type conn struct {
 	tcp    *net.TCPConn
 	raw    syscall.RawConn // nil without quickAck
 	reader *bufio.Reader
-	cfg    transportConfig
+	cfg    Config
 
 	// packetMu is paho's lock: held from the first piece of a packet to
 	// the last, so that packets never interleave.
@@ -131,20 +121,20 @@ type transportConn struct {
 	received  atomic.Int64
 }
 
-func newTransportConn(tcp *net.TCPConn, cfg transportConfig) *transportConn {
-	if !quickAckSupported {
-		cfg.quickAck = false
+func newConn(tcp *net.TCPConn, cfg Config) *conn {
+	if !QuickAckSupported {
+		cfg.QuickAck = false
 	}
-	c := &transportConn{tcp: tcp, cfg: cfg}
-	if cfg.quickAck {
+	c := &conn{tcp: tcp, cfg: cfg}
+	if cfg.QuickAck {
 		if raw, err := tcp.SyscallConn(); err == nil {
 			c.raw = raw
 		} else {
-			c.cfg.quickAck = false
+			c.cfg.QuickAck = false
 		}
 	}
-	c.reader = bufio.NewReaderSize(&transportReader{c: c}, transportReadBuffer)
-	if cfg.coalesce {
+	c.reader = bufio.NewReaderSize(&reader{c: c}, readBuffer)
+	if cfg.Coalesce {
 		c.wake.L, c.space.L = &c.mu, &c.mu
 		c.done = make(chan struct{})
 		go c.flusher()
@@ -153,19 +143,19 @@ func newTransportConn(tcp *net.TCPConn, cfg transportConfig) *transportConn {
 }
 
 // Read reads from the read buffer.
-func (c *transportConn) Read(p []byte) (int, error) { return c.reader.Read(p) }
+func (c *conn) Read(p []byte) (int, error) { return c.reader.Read(p) }
 
 // Lock starts a packet: paho calls it before writing the packet's pieces.
-func (c *transportConn) Lock() {
+func (c *conn) Lock() {
 	c.packetMu.Lock()
 	c.inPacket, c.packetStart = true, true
 }
 
 // Unlock ends a packet: it is written (without coalescing), or queued for
 // the flusher.
-func (c *transportConn) Unlock() {
+func (c *conn) Unlock() {
 	c.inPacket = false
-	if c.cfg.coalesce {
+	if c.cfg.Coalesce {
 		c.mu.Lock()
 		if c.complete < len(c.buf) {
 			c.complete = len(c.buf)
@@ -183,7 +173,7 @@ func (c *transportConn) Unlock() {
 }
 
 // takeLocked takes the whole packets queued for one write. c.mu is held.
-func (c *transportConn) takeLocked() []byte {
+func (c *conn) takeLocked() []byte {
 	out := c.buf[:c.complete]
 	c.buf = append(c.spare[:0], c.buf[c.complete:]...)
 	c.spare = nil
@@ -192,8 +182,8 @@ func (c *transportConn) takeLocked() []byte {
 }
 
 // wroteLocked ends a write. c.mu is held.
-func (c *transportConn) wroteLocked(out []byte, err error) {
-	if cap(out) <= 2*transportWriteLimit {
+func (c *conn) wroteLocked(out []byte, err error) {
+	if cap(out) <= 2*writeLimit {
 		c.spare = out[:0]
 	}
 	if err != nil && c.err == nil {
@@ -207,21 +197,21 @@ func (c *transportConn) wroteLocked(out []byte, err error) {
 
 // Write takes one piece of a packet, or a whole packet when the writer did
 // not Lock.
-func (c *transportConn) Write(p []byte) (int, error) {
+func (c *conn) Write(p []byte) (int, error) {
 	if len(p) > 0 && (c.packetStart || !c.inPacket) {
 		c.packetStart = false
-		if c.cfg.quickAck && p[0]>>4 == packetTypePublish {
+		if c.cfg.QuickAck && p[0]>>4 == packetTypePublish {
 			c.published.Add(1)
 		}
 	}
-	if !c.cfg.coalesce {
+	if !c.cfg.Coalesce {
 		return c.writeDirect(p)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// Wait while whole packets fill the buffer; a single packet larger than
 	// the limit still goes in.
-	for c.err == nil && !c.closed && c.complete > 0 && len(c.buf) >= transportWriteLimit {
+	for c.err == nil && !c.closed && c.complete > 0 && len(c.buf) >= writeLimit {
 		c.space.Wait()
 	}
 	switch {
@@ -240,7 +230,7 @@ func (c *transportConn) Write(p []byte) (int, error) {
 
 // writeDirect assembles a locked packet, written whole at Unlock, or
 // writes an unlocked one at once.
-func (c *transportConn) writeDirect(p []byte) (int, error) {
+func (c *conn) writeDirect(p []byte) (int, error) {
 	c.mu.Lock()
 	err := c.err
 	c.mu.Unlock()
@@ -262,7 +252,7 @@ func (c *transportConn) writeDirect(p []byte) (int, error) {
 // them in one system call: a packet queued on an idle connection is written
 // as soon as the flusher wakes, and those queued while it writes go out
 // together in the next write.
-func (c *transportConn) flusher() {
+func (c *conn) flusher() {
 	defer close(c.done)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -284,7 +274,7 @@ func (c *transportConn) flusher() {
 // fail records a write error that paho could not be told of (it was handed
 // the packet already) and closes the connection, so that paho's reader
 // fails and the connection is re-established.
-func (c *transportConn) fail(err error) {
+func (c *conn) fail(err error) {
 	c.mu.Lock()
 	if c.err == nil {
 		c.err = err
@@ -293,12 +283,12 @@ func (c *transportConn) fail(err error) {
 	_ = c.tcp.Close()
 }
 
-// Close writes out pending packets (bounded by transportCloseFlush), stops
+// Close writes out pending packets (bounded by closeFlush), stops
 // the flusher and closes the connection.
-func (c *transportConn) Close() error {
+func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
-		if c.cfg.coalesce {
-			_ = c.tcp.SetWriteDeadline(time.Now().Add(transportCloseFlush))
+		if c.cfg.Coalesce {
+			_ = c.tcp.SetWriteDeadline(time.Now().Add(closeFlush))
 			c.mu.Lock()
 			c.closed = true
 			c.wake.Broadcast()
@@ -314,11 +304,11 @@ func (c *transportConn) Close() error {
 	return c.closeErr
 }
 
-func (c *transportConn) LocalAddr() net.Addr                { return c.tcp.LocalAddr() }
-func (c *transportConn) RemoteAddr() net.Addr               { return c.tcp.RemoteAddr() }
-func (c *transportConn) SetDeadline(t time.Time) error      { return c.tcp.SetDeadline(t) }
-func (c *transportConn) SetReadDeadline(t time.Time) error  { return c.tcp.SetReadDeadline(t) }
-func (c *transportConn) SetWriteDeadline(t time.Time) error { return c.tcp.SetWriteDeadline(t) }
+func (c *conn) LocalAddr() net.Addr                { return c.tcp.LocalAddr() }
+func (c *conn) RemoteAddr() net.Addr               { return c.tcp.RemoteAddr() }
+func (c *conn) SetDeadline(t time.Time) error      { return c.tcp.SetDeadline(t) }
+func (c *conn) SetReadDeadline(t time.Time) error  { return c.tcp.SetReadDeadline(t) }
+func (c *conn) SetWriteDeadline(t time.Time) error { return c.tcp.SetWriteDeadline(t) }
 
 // MQTT control packet types.
 const (
@@ -330,10 +320,10 @@ const (
 	packetTypeUnsuback = 11
 )
 
-// transportReader reads from the TCP connection under the read buffer,
+// reader reads from the TCP connection under the read buffer,
 // counts the PUBLISH packets that arrive and re-arms TCP_QUICKACK.
-type transportReader struct {
-	c *transportConn
+type reader struct {
+	c *conn
 	// Packet boundaries in the byte stream: the bytes left of the packet
 	// being read, or the header being parsed.
 	skip       int // payload bytes left before the next packet header
@@ -350,9 +340,9 @@ type transportReader struct {
 	stalls int
 }
 
-func (r *transportReader) Read(p []byte) (int, error) {
+func (r *reader) Read(p []byte) (int, error) {
 	n, err := r.c.tcp.Read(p)
-	if n > 0 && r.c.cfg.quickAck {
+	if n > 0 && r.c.cfg.QuickAck {
 		// Only an acknowledgement from the broker needs an ACK at once:
 		// the broker may have more to send behind it, and Nagle's
 		// algorithm holds that back until the ACK. A PUBLISH we receive
@@ -374,7 +364,7 @@ func (r *transportReader) Read(p []byte) (int, error) {
 // detectStall arms the re-arming of TCP_QUICKACK once reads show the broker
 // holding packets back behind our delayed ACK (see stallMin). now is when
 // the read returned; sawAck whether it held an acknowledgement.
-func (r *transportReader) detectStall(sawAck bool, now time.Time) {
+func (r *reader) detectStall(sawAck bool, now time.Time) {
 	if !r.ackAt.IsZero() {
 		if gap := now.Sub(r.ackAt); gap >= stallMin && gap <= stallMax {
 			r.stalls++
@@ -390,7 +380,7 @@ func (r *transportReader) detectStall(sawAck bool, now time.Time) {
 // scan walks packet headers in b to count PUBLISH packets, skipping
 // packet bodies without looking at them. It reports whether b holds the
 // start of an acknowledgement (PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK).
-func (r *transportReader) scan(b []byte) (sawAck bool) {
+func (r *reader) scan(b []byte) (sawAck bool) {
 	for len(b) > 0 {
 		if r.skip > 0 {
 			k := min(r.skip, len(b))
@@ -427,6 +417,6 @@ func (r *transportReader) scan(b []byte) (sawAck bool) {
 
 // rearmQuickAck turns TCP_QUICKACK on again: Linux turns it off by itself
 // whenever it sees data go out right after data came in.
-func (c *transportConn) rearmQuickAck() {
+func (c *conn) rearmQuickAck() {
 	_ = c.raw.Control(setQuickAck)
 }

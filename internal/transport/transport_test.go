@@ -1,4 +1,4 @@
-package rpc
+package transport
 
 import (
 	"bytes"
@@ -41,7 +41,7 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 
 // writePacket writes an MQTT-framed packet in pieces, as paho does: the
 // fixed header, then the body in parts, under the lock.
-func writePacket(w *transportConn, typ byte, body []byte) error {
+func writePacket(w *conn, typ byte, body []byte) error {
 	w.Lock()
 	defer w.Unlock()
 	header := append([]byte{typ << 4}, encodeLength(len(body))...)
@@ -102,7 +102,7 @@ func TestTransportPacketsArriveWhole(t *testing.T) {
 	for _, coalesce := range []bool{false, true} {
 		t.Run(map[bool]string{false: "direct", true: "coalescing"}[coalesce], func(t *testing.T) {
 			local, remote := tcpPair(t)
-			w := newTransportConn(local, transportConfig{coalesce: coalesce, quickAck: true})
+			w := newConn(local, Config{Coalesce: coalesce, QuickAck: true})
 			const writers, perWriter = 8, 500
 			var wg sync.WaitGroup
 			for id := range writers {
@@ -154,7 +154,7 @@ func TestTransportPacketsArriveWhole(t *testing.T) {
 // Close writes out what was queued before closing.
 func TestTransportCloseFlushes(t *testing.T) {
 	local, remote := tcpPair(t)
-	w := newTransportConn(local, transportConfig{coalesce: true})
+	w := newConn(local, Config{Coalesce: true})
 	for i := range 100 {
 		if err := writePacket(w, 14, bytes.Repeat([]byte{byte(i)}, 100)); err != nil {
 			t.Fatal(err)
@@ -181,7 +181,7 @@ func TestTransportCloseFlushes(t *testing.T) {
 // Close releases them; nothing grows without bound.
 func TestTransportBackpressure(t *testing.T) {
 	local, _ := tcpPair(t) // the remote end never reads
-	w := newTransportConn(local, transportConfig{coalesce: true})
+	w := newConn(local, Config{Coalesce: true})
 	body := make([]byte, 16<<10)
 	blocked := make(chan error, 1)
 	go func() {
@@ -196,8 +196,8 @@ func TestTransportBackpressure(t *testing.T) {
 	w.mu.Lock()
 	buffered := len(w.buf)
 	w.mu.Unlock()
-	if buffered > transportWriteLimit+len(body)+16 {
-		t.Fatalf("%d bytes buffered, limit %d", buffered, transportWriteLimit)
+	if buffered > writeLimit+len(body)+16 {
+		t.Fatalf("%d bytes buffered, limit %d", buffered, writeLimit)
 	}
 	select {
 	case err := <-blocked:
@@ -211,12 +211,12 @@ func TestTransportBackpressure(t *testing.T) {
 		if err == nil {
 			t.Fatal("blocked writer got no error")
 		}
-	case <-time.After(2 * transportCloseFlush):
+	case <-time.After(2 * closeFlush):
 		t.Fatal("Close did not release the blocked writer")
 	}
 	select {
 	case <-closed:
-	case <-time.After(2 * transportCloseFlush):
+	case <-time.After(2 * closeFlush):
 		t.Fatal("Close did not return")
 	}
 }
@@ -227,7 +227,7 @@ func TestTransportWriteErrorSurfaces(t *testing.T) {
 	for _, coalesce := range []bool{false, true} {
 		t.Run(map[bool]string{false: "direct", true: "coalescing"}[coalesce], func(t *testing.T) {
 			local, remote := tcpPair(t)
-			w := newTransportConn(local, transportConfig{coalesce: coalesce})
+			w := newConn(local, Config{Coalesce: coalesce})
 			_ = remote.SetLinger(0)
 			_ = remote.Close() // the peer resets the connection
 			deadline := time.Now().Add(5 * time.Second)
@@ -260,8 +260,8 @@ func TestTransportScanCountsPublishes(t *testing.T) {
 		stream = append(append(append(stream, typ<<4), encodeLength(len(body))...), body...)
 	}
 	for _, chunk := range []int{1, 2, 3, 100, 4096, len(stream)} {
-		c := &transportConn{}
-		r := &transportReader{c: c}
+		c := &conn{}
+		r := &reader{c: c}
 		for b := stream; len(b) > 0; {
 			n := min(chunk, len(b))
 			r.scan(b[:n])
@@ -272,7 +272,7 @@ func TestTransportScanCountsPublishes(t *testing.T) {
 		}
 	}
 	// Acknowledgements are told apart from PUBLISH packets.
-	r := &transportReader{c: &transportConn{}}
+	r := &reader{c: &conn{}}
 	if r.scan([]byte{packetTypePublish << 4, 2, 0, 0}) {
 		t.Error("a PUBLISH was taken for an acknowledgement")
 	}
@@ -305,7 +305,7 @@ func TestTransportStallDetection(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var r transportReader
+			var r reader
 			now := t0
 			for _, rd := range tc.reads {
 				now = now.Add(rd.after)

@@ -1,9 +1,10 @@
-package rpc
+package transport
 
 import "syscall"
 
-// quickAckSupported: Linux has TCP_QUICKACK.
-const quickAckSupported = true
+// QuickAckSupported is whether Config.QuickAck can take effect: Linux has
+// TCP_QUICKACK.
+const QuickAckSupported = true
 
 // setQuickAck turns TCP_QUICKACK on for the socket fd; it also sends the
 // ACK the kernel was delaying, if any.

@@ -1,8 +1,0 @@
-//go:build !linux
-
-package rpc
-
-// quickAckSupported: TCP_QUICKACK exists on Linux only.
-const quickAckSupported = false
-
-func setQuickAck(uintptr) {}
