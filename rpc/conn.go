@@ -278,11 +278,15 @@ func newConn(cfg autopaho.ClientConfig, cc *connConfig, owned bool) (*Conn, erro
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.listeners.Store(&[]*listener{})
 
+	// autopaho falls back on the deprecated ConnectRetryDelay when
+	// ReconnectBackoff is nil; since we set ReconnectBackoff, we do that.
+	//lint:ignore SA1019 an application's NewConnection config may still set it
+	retryDelay := cfg.ConnectRetryDelay
 	switch {
 	case cfg.ReconnectBackoff != nil:
 		c.backoff = cfg.ReconnectBackoff
-	case cfg.ConnectRetryDelay != 0:
-		c.backoff = autopaho.NewConstantBackoff(cfg.ConnectRetryDelay)
+	case retryDelay != 0:
+		c.backoff = autopaho.NewConstantBackoff(retryDelay)
 	default:
 		c.backoff = autopaho.NewConstantBackoff(10 * time.Second) // autopaho's default
 	}
