@@ -40,6 +40,10 @@ type sessionGuard struct {
 	// last connection, if it sent one (disconnected).
 	disconnect   byte
 	disconnected bool
+
+	// contended, set by tests before use, runs when AddToSession finds
+	// g.mu held and is about to wait for it.
+	contended func()
 }
 
 func newSessionGuard(inner session.SessionManager) *sessionGuard {
@@ -105,7 +109,7 @@ func (g *sessionGuard) ConnectionLost(dp *packets.Disconnect) error {
 // AddToSession remembers the response channel of a publish that paho took
 // into its session.
 func (g *sessionGuard) AddToSession(ctx context.Context, p session.Packet, resp chan<- packets.ControlPacket) error {
-	g.mu.Lock()
+	g.lockForAdd()
 	cleans := g.cleans
 	g.mu.Unlock()
 	err := g.SessionManager.AddToSession(ctx, p, resp)
@@ -120,6 +124,19 @@ func (g *sessionGuard) AddToSession(ctx context.Context, p session.Packet, resp 
 		g.mu.Unlock()
 	}
 	return err
+}
+
+// lockForAdd takes g.mu for AddToSession, telling g.contended (tests) when
+// it has to wait for it.
+func (g *sessionGuard) lockForAdd() {
+	if g.contended == nil {
+		g.mu.Lock()
+		return
+	}
+	if !g.mu.TryLock() {
+		g.contended()
+		g.mu.Lock()
+	}
 }
 
 // PacketReceived forgets a publish when its final acknowledgement comes,

@@ -161,6 +161,11 @@ func (h *hookedState) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packe
 // A publish that paho takes into a freshly cleaned session, racing the
 // CONNACK that cleaned it, is not ended by the guard: paho still tracks it
 // and would block sending its acknowledgement into a full channel.
+//
+// The publish starts after paho's clean and before the guard's own
+// bookkeeping of the CONNACK, and the CONNACK goes on only once the publish
+// has reached the guard and found it busy (or, were the guard not to hold
+// its lock across paho's clean, once the publish got through).
 func TestSessionGuardPublishRacingAClean(t *testing.T) {
 	inner := &hookedState{State: state.NewInMemory()}
 	s := &guardedSession{t: t, g: newSessionGuard(inner)}
@@ -169,6 +174,8 @@ func TestSessionGuardPublishRacingAClean(t *testing.T) {
 	var id uint16
 	resp := make(chan packets.ControlPacket, 1)
 	added := make(chan error, 1)
+	contended := make(chan struct{})
+	s.g.contended = func() { close(contended) }
 	inner.after = func() { // paho has cleaned; a publish comes in now
 		go func() {
 			pb := &packets.Publish{QoS: 1, Topic: "t"}
@@ -176,7 +183,11 @@ func TestSessionGuardPublishRacingAClean(t *testing.T) {
 			id = pb.PacketID
 			added <- err
 		}()
-		time.Sleep(20 * time.Millisecond) // let it reach the guard
+		select {
+		case <-contended: // the publish waits for the CONNACK's bookkeeping
+		case err := <-added:
+			added <- err // it got through: the check below tells
+		}
 	}
 	s.connect(60, false) // no Session Present: paho cleans
 	if err := <-added; err != nil {
