@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -63,6 +64,10 @@ type Conn struct {
 	// its chance). See park.
 	parked    []parkedPublish
 	parkTimer *time.Timer // releases parked packets whose time is up; guarded by listenersMu
+	parkTime  time.Duration
+	// onParked (tests) is told the number of parked packets whenever it may
+	// have changed, under listenersMu; it must not block.
+	onParked func(n int)
 
 	mu        sync.Mutex
 	up        bool
@@ -263,6 +268,8 @@ func newConn(cfg autopaho.ClientConfig, cc *connConfig, owned bool) (*Conn, erro
 		manualAck: cfg.EnableManualAcknowledgment,
 		logger:    cc.logger,
 		beforeUp:  cc.beforeUp,
+		parkTime:  cmp.Or(cc.parkTime, parkTime),
+		onParked:  cc.onParked,
 		subs:      map[string]paho.SubscribeOptions{},
 		changed:   make(chan struct{}),
 		stopped:   make(chan struct{}),
@@ -555,7 +562,9 @@ type connConfig struct {
 	writeCoalescing  *bool
 	quickAck         *bool
 	logger           *slog.Logger
-	beforeUp         func() // tests: runs at the start of connectionUp
+	beforeUp         func()        // tests: runs at the start of connectionUp
+	parkTime         time.Duration // tests: how long packets stay parked (0: parkTime)
+	onParked         func(n int)   // tests: see Conn.onParked
 }
 
 // transportConfig returns the transport options with their defaults.

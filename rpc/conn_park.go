@@ -25,7 +25,9 @@ type parkedPublish struct {
 // Bounds of the parked packets.
 const parkLimit = 1000
 
-var parkTime = 10 * time.Second // a variable for tests
+// parkTime is how long a packet stays parked, unless a test says otherwise
+// (connConfig.parkTime).
+const parkTime = 10 * time.Second
 
 // addListener registers a receiver of PUBLISH packets and returns the
 // function that removes it.
@@ -45,6 +47,7 @@ func (c *Conn) addListener(handle func(p *paho.Publish, ack func()) bool) func()
 		}
 	}
 	c.parked = parked
+	c.parkedChangedLocked()
 	c.listenersMu.Unlock()
 	return func() {
 		c.listenersMu.Lock()
@@ -112,7 +115,8 @@ func (c *Conn) park(p *paho.Publish, ack func()) {
 		keep = append(keep, pp)
 	}
 	clear(c.parked[len(keep):])
-	c.parked = append(keep, parkedPublish{p: p, ack: ack, expires: now.Add(parkTime)})
+	c.parked = append(keep, parkedPublish{p: p, ack: ack, expires: now.Add(c.parkTime)})
+	c.parkedChangedLocked()
 	c.scheduleReleaseLocked()
 	c.listenersMu.Unlock()
 	for _, ack := range release {
@@ -159,9 +163,18 @@ func (c *Conn) releaseCovered() {
 	}
 	clear(c.parked[len(keep):])
 	c.parked = keep
+	c.parkedChangedLocked()
 	c.listenersMu.Unlock()
 	for _, ack := range release {
 		ack()
+	}
+}
+
+// parkedChangedLocked tells a test's onParked how many packets are parked.
+// c.listenersMu is held, so that the counts arrive in order.
+func (c *Conn) parkedChangedLocked() {
+	if c.onParked != nil {
+		c.onParked(len(c.parked))
 	}
 }
 
@@ -192,6 +205,7 @@ func (c *Conn) releaseParked() {
 	}
 	clear(c.parked[len(keep):])
 	c.parked = keep
+	c.parkedChangedLocked()
 	c.scheduleReleaseLocked()
 	c.listenersMu.Unlock()
 	for _, ack := range release {

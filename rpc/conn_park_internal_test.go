@@ -48,7 +48,8 @@ func TestConnUnclaimedCoveredPacketsAckedAtOnce(t *testing.T) {
 				return &wireConn{Conn: nc, pubacks: pubacks}, nil
 			},
 		}
-		conn, err := newConn(cfg, &connConfig{logger: discardLogger()}, true)
+		parkedCounts := make(chan int, 100)
+		conn, err := newConn(cfg, &connConfig{logger: discardLogger(), onParked: func(n int) { parkedCounts <- n }}, true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,17 +97,11 @@ func TestConnUnclaimedCoveredPacketsAckedAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		publish("later/1")
-		for {
-			conn.listenersMu.Lock()
-			parked := len(conn.parked)
-			conn.listenersMu.Unlock()
-			if parked == 1 {
-				break
-			}
+		for parked := 0; parked != 1; {
 			select {
+			case parked = <-parkedCounts:
 			case id := <-pubacks:
 				t.Fatalf("packet %d acknowledged, want it parked", id)
-			case <-time.After(time.Millisecond): // polling the parked list
 			case <-ctx.Done():
 				t.Fatal("never parked")
 			}

@@ -13,16 +13,17 @@ import (
 // A packet parked for a Server still to come is released when its time is
 // up, even if nothing else arrives on the connection afterwards.
 func TestParkedPacketReleasedOnTime(t *testing.T) {
-	old := parkTime
-	parkTime = 300 * time.Millisecond
-	t.Cleanup(func() { parkTime = old })
-
 	tb := testbroker.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// A persistent session acknowledges after handling: what nobody
 	// claims is parked, unacknowledged.
-	conn, err := Dial(ctx, tb.URL(), WithClientID("parker"), WithSessionExpiry(time.Minute))
+	parked := make(chan int, 100)
+	shortPark := connOptionFunc(func(c *connConfig) {
+		c.parkTime = 300 * time.Millisecond
+		c.onParked = func(n int) { parked <- n }
+	})
+	conn, err := Dial(ctx, tb.URL(), WithClientID("parker"), WithSessionExpiry(time.Minute), shortPark)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,18 +40,14 @@ func TestParkedPacketReleasedOnTime(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	parked := func() int {
-		conn.listenersMu.Lock()
-		defer conn.listenersMu.Unlock()
-		return len(conn.parked)
-	}
+	timeout := time.After(20 * time.Second)
 	for _, want := range []int{1, 0} {
-		deadline := time.Now().Add(20 * time.Second)
-		for parked() != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d packets parked, want %d within 20s", parked(), want)
+		for got := -1; got != want; {
+			select {
+			case got = <-parked:
+			case <-timeout:
+				t.Fatalf("%d packets parked, want %d within 20s", got, want)
 			}
-			time.Sleep(10 * time.Millisecond)
 		}
 	}
 }
