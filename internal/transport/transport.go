@@ -110,6 +110,10 @@ type conn struct {
 	closed   bool
 	done     chan struct{} // closed when the flusher has returned
 
+	// waitingForSpace (tests) runs, under mu, whenever a writer starts
+	// waiting for the flusher to drain buf; it must not block.
+	waitingForSpace func()
+
 	closeOnce sync.Once
 	closeErr  error
 
@@ -212,6 +216,9 @@ func (c *conn) Write(p []byte) (int, error) {
 	// Wait while whole packets fill the buffer; a single packet larger than
 	// the limit still goes in.
 	for c.err == nil && !c.closed && c.complete > 0 && len(c.buf) >= writeLimit {
+		if c.waitingForSpace != nil {
+			c.waitingForSpace()
+		}
 		c.space.Wait()
 	}
 	switch {

@@ -183,6 +183,13 @@ func TestTransportBackpressure(t *testing.T) {
 	local, _ := tcpPair(t) // the remote end never reads
 	w := newConn(local, Config{Coalesce: true})
 	body := make([]byte, 16<<10)
+	waiting := make(chan struct{})
+	var once sync.Once
+	maxBuffered := 0 // at the moments a writer waits; guarded by w.mu
+	w.waitingForSpace = func() {
+		maxBuffered = max(maxBuffered, len(w.buf))
+		once.Do(func() { close(waiting) })
+	}
 	blocked := make(chan error, 1)
 	go func() {
 		for {
@@ -192,17 +199,10 @@ func TestTransportBackpressure(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(300 * time.Millisecond) // socket buffers fill, then ours
-	w.mu.Lock()
-	buffered := len(w.buf)
-	w.mu.Unlock()
-	if buffered > writeLimit+len(body)+16 {
-		t.Fatalf("%d bytes buffered, limit %d", buffered, writeLimit)
-	}
 	select {
+	case <-waiting: // socket buffers filled, then ours
 	case err := <-blocked:
 		t.Fatalf("writer stopped early: %v", err)
-	default:
 	}
 	closed := make(chan error, 1)
 	go func() { closed <- w.Close() }()
@@ -219,6 +219,11 @@ func TestTransportBackpressure(t *testing.T) {
 	case <-time.After(2 * closeFlush):
 		t.Fatal("Close did not return")
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if maxBuffered > writeLimit+len(body)+16 {
+		t.Fatalf("%d bytes buffered, limit %d", maxBuffered, writeLimit)
+	}
 }
 
 // A write error reaches the writers that come after it, and the
@@ -230,17 +235,23 @@ func TestTransportWriteErrorSurfaces(t *testing.T) {
 			w := newConn(local, Config{Coalesce: coalesce})
 			_ = remote.SetLinger(0)
 			_ = remote.Close() // the peer resets the connection
-			deadline := time.Now().Add(5 * time.Second)
+			// The reset has arrived once a read on our end fails.
+			if _, err := local.Read(make([]byte, 1)); err == nil {
+				t.Fatal("read succeeded after the peer reset the connection")
+			}
+			// The first failed write may be one paho was told succeeded
+			// (the packet was handed over); a later write reports it.
 			var err error
-			for err == nil && time.Now().Before(deadline) {
-				err = writePacket(w, packetTypePublish, make([]byte, 1024))
-				time.Sleep(time.Millisecond)
+			for range 1000 {
+				if err = writePacket(w, packetTypePublish, make([]byte, 1024)); err != nil {
+					break
+				}
 			}
 			if err == nil {
 				t.Fatal("writes kept succeeding after the peer reset the connection")
 			}
-			if _, rerr := w.Read(make([]byte, 1)); rerr == nil {
-				t.Fatal("read succeeded on a failed connection")
+			if _, rerr := w.Read(make([]byte, 1)); !errors.Is(rerr, net.ErrClosed) {
+				t.Fatalf("read after a write error: %v, want the connection closed", rerr)
 			}
 			_ = w.Close()
 		})
