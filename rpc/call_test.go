@@ -482,16 +482,6 @@ func TestReconnectAfterBrokerRestart(t *testing.T) {
 }
 
 // waitFor polls cond until it holds, failing the test after 20 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // retryKey marks the second pass of an interceptor that calls next twice.
 type retryKey struct{}

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -281,6 +282,11 @@ func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
 	defer c.conn.responses.forget(out.corr)
 	p.Properties.CorrelationData = out.corr[:]
 	if err := c.publishWithRetry(ctx, p, timeoutProp); err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			// Cancelled while the broker had the request but had not
+			// acknowledged it: it may be delivered.
+			c.sendCancel(p)
+		}
 		return err
 	}
 	select {

@@ -220,4 +220,3 @@ func (c *dedupCache) cancelCall(key string) bool {
 	}
 	return true
 }
-

@@ -43,7 +43,7 @@ func TestDuplicateGetsCachedAnswer(t *testing.T) {
 	srv := startServer(t, b.url, svc, rpc.WithServerID("dev-1"))
 	raw := newRawClient(t, b.url, "raw-dup")
 	const responseTopic = "mqttrpc/responses/raw-dup"
-	raw.subscribe(t, responseTopic)
+	raw.SubscribeTo(t, responseTopic)
 	send := func() {
 		t.Helper()
 		_, err := raw.Publish(testCtx(t), &paho.Publish{
@@ -59,12 +59,12 @@ func TestDuplicateGetsCachedAnswer(t *testing.T) {
 	send() // while the original runs
 	waitFor(t, func() bool { return srv.Stats().Dropped[rpc.DropDuplicate] == 1 })
 	close(release)
-	first := raw.next(10 * time.Second)
+	first := raw.Next(10 * time.Second)
 	if first == nil || string(first.Payload) != `"answer to x"` {
 		t.Fatalf("first answer %v", first)
 	}
 	send() // after the answer
-	again := raw.next(10 * time.Second)
+	again := raw.Next(10 * time.Second)
 	if again == nil || string(again.Payload) != `"answer to x"` || string(again.Properties.CorrelationData) != "same-call" {
 		t.Fatalf("cached answer %v", again)
 	}

@@ -95,14 +95,14 @@ func TestErrorMessageArrivesIntact(t *testing.T) {
 		// On the wire it is a valid MQTT string, readable where it can be.
 		raw := newRawClient(t, b.url, uniqueID("raw-msg"))
 		rt := "mqttrpc/responses/" + raw.ClientID()
-		raw.subscribe(t, rt)
+		raw.SubscribeTo(t, rt)
 		if _, err := raw.Publish(ctx, &paho.Publish{
 			Topic: "mqttrpc/" + echoServiceName + "/dev-1/Echo", QoS: 1, Payload: []byte(`"fail"`),
 			Properties: &paho.PublishProperties{ResponseTopic: rt, CorrelationData: []byte("m"), ContentType: "application/json", MessageExpiry: u32(30)},
 		}); err != nil {
 			t.Fatal(err)
 		}
-		p := raw.next(10 * time.Second)
+		p := raw.Next(10 * time.Second)
 		if p == nil {
 			t.Fatal("no answer")
 		}
@@ -252,7 +252,7 @@ func TestRedeliveryWithoutCorrelationDataRunsOnce(t *testing.T) {
 
 	raw := newRawClient(t, b.url, uniqueID("raw-nocorr"))
 	rt := "mqttrpc/responses/" + raw.ClientID()
-	raw.subscribe(t, rt)
+	raw.SubscribeTo(t, rt)
 	if _, err := raw.Publish(testCtx(t), &paho.Publish{
 		Topic: "mqttrpc/" + echoServiceName + "/dev-1/Echo", QoS: 1, Payload: []byte(`"once"`),
 		Properties: &paho.PublishProperties{ResponseTopic: rt, ContentType: "application/json", MessageExpiry: u32(30)},
@@ -267,7 +267,7 @@ func TestRedeliveryWithoutCorrelationDataRunsOnce(t *testing.T) {
 	}
 	waitFor(t, func() bool { return srv.Stats().Dropped[rpc.DropDuplicate] == 1 })
 	close(release)
-	p := raw.next(10 * time.Second)
+	p := raw.Next(10 * time.Second)
 	if p == nil || string(p.Payload) != `"once"` {
 		t.Fatalf("answer = %v", p)
 	}

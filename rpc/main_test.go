@@ -3,7 +3,6 @@ package rpc_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
+	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 	"github.com/mqttrpc/mqttrpc/testbroker"
 )
@@ -76,43 +76,25 @@ type broker struct {
 	mq   *mosquittotest.Broker // nil for testbroker
 }
 
+func fromRPCTest(b *rpctest.Broker) *broker {
+	return &broker{name: b.Name, url: b.URL, tb: b.TB, mq: b.MQ}
+}
+
 // eachBroker runs f against testbroker and against Mosquitto (skipped when
 // Mosquitto is not installed, unless MQTTRPC_REQUIRE_MOSQUITTO=1).
 func eachBroker(t *testing.T, f func(t *testing.T, b *broker)) {
 	t.Helper()
-	t.Run("testbroker", func(t *testing.T) {
-		t.Parallel()
-		tb := testbroker.Start(t)
-		f(t, &broker{name: "testbroker", url: tb.URL(), tb: tb})
-	})
-	t.Run("mosquitto", func(t *testing.T) {
-		t.Parallel()
-		mq := mosquittotest.Start(t)
-		f(t, &broker{name: "mosquitto", url: mq.URL(), mq: mq})
-	})
+	rpctest.EachBroker(t, func(t *testing.T, b *rpctest.Broker) { f(t, fromRPCTest(b)) })
 }
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testCtx(t *testing.T) context.Context { return rpctest.Context(t, 30*time.Second) }
 
-var idSeq atomic.Int64
-
-func uniqueID(prefix string) string {
-	return fmt.Sprintf("%s-%d", prefix, idSeq.Add(1))
-}
+func uniqueID(prefix string) string { return rpctest.UniqueID(prefix) }
 
 // dial connects to the broker and closes the connection at cleanup.
 func dial(t *testing.T, url string, opts ...rpc.ConnOption) *rpc.Conn {
 	t.Helper()
-	conn, err := rpc.Dial(testCtx(t), url, opts...)
-	if err != nil {
-		t.Fatalf("Dial(%s): %v", url, err)
-	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	return conn
+	return rpctest.Dial(t, url, opts...)
 }
 
 // newClient dials and returns a client, closed at cleanup.
@@ -163,18 +145,22 @@ func wantCode(t *testing.T, err error, want rpc.Code) *rpc.Error {
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
-func newTestbroker(t *testing.T) *broker {
-	tb := testbroker.Start(t)
-	return &broker{name: "testbroker", url: tb.URL(), tb: tb}
+func newTestbroker(t *testing.T) *broker { return fromRPCTest(rpctest.NewTestbroker(t)) }
+
+func newMosquitto(t *testing.T) *broker { return fromRPCTest(rpctest.NewMosquitto(t)) }
+
+func shortCtx(t *testing.T, d time.Duration) context.Context { return rpctest.Context(t, d) }
+
+// waitFor polls cond until it holds (rpctest.WaitFor).
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	rpctest.WaitFor(t, cond)
 }
 
-func newMosquitto(t *testing.T) *broker {
-	mq := mosquittotest.Start(t)
-	return &broker{name: "mosquitto", url: mq.URL(), mq: mq}
-}
+// rawClient is a bare MQTT client that follows docs/protocol.md alone.
+type rawClient = rpctest.RawClient
 
-func shortCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
+func newRawClient(t *testing.T, brokerURL, clientID string) *rawClient {
+	t.Helper()
+	return rpctest.NewRawClient(t, brokerURL, clientID)
 }

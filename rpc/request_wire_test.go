@@ -21,7 +21,7 @@ import (
 func TestRequestWireFormat(t *testing.T) {
 	b := newTestbroker(t)
 	spy := newRawClient(t, b.url, "spy")
-	spy.subscribe(t, "mqttrpc/"+echoServiceName+"/#")
+	spy.SubscribeTo(t, "mqttrpc/"+echoServiceName+"/#")
 	conn := dial(t, b.url, rpc.WithClientID("wire-caller"))
 	client := rpc.NewClient(conn)
 	t.Cleanup(func() { _ = client.Close(context.Background()) })
@@ -41,7 +41,7 @@ func TestRequestWireFormat(t *testing.T) {
 			defer cancel()
 			_, _ = echo(ctx, client, "x", rpc.To("dev-9"), rpc.WithCodec(tc.codec), rpc.WithQoS(tc.qos), rpc.WithMetadata(rpc.Metadata{"x-tenant": {"acme"}}))
 		}()
-		p := spy.next(5 * time.Second)
+		p := spy.Next(5 * time.Second)
 		cancel()
 		if p == nil {
 			t.Fatal("no request seen")
@@ -74,6 +74,18 @@ func TestRequestWireFormat(t *testing.T) {
 			t.Errorf("protobuf request with a payload format indicator")
 		case up["x-tenant"] != "acme":
 			t.Errorf("metadata missing: %v", up)
+		}
+		// The cancelled caller sends the cancel message (protocol.md,
+		// "Cancellation"): the request's topic, QoS, ResponseTopic and
+		// CorrelationData, mqttrpc-cancel: 1, no payload.
+		c := spy.Next(5 * time.Second)
+		switch {
+		case c == nil:
+			t.Fatal("no cancel message seen")
+		case c.Topic != p.Topic || c.QoS != p.QoS || c.Properties.ResponseTopic != p.Properties.ResponseTopic || string(c.Properties.CorrelationData) != string(p.Properties.CorrelationData):
+			t.Errorf("cancel message on %q QoS %d, response topic %q, correlation %x; want the request's", c.Topic, c.QoS, c.Properties.ResponseTopic, c.Properties.CorrelationData)
+		case userProps(c)["mqttrpc-cancel"] != "1" || len(c.Payload) != 0:
+			t.Errorf("cancel message properties %v, payload %q", userProps(c), c.Payload)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
+	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
 
@@ -183,23 +184,15 @@ func TestMosquittoTLSPasswordsACL(t *testing.T) {
 	}
 	// paho serialises its writes only on a connection that is a sync.Locker;
 	// over TLS, a PUBACK written while a PUBLISH is would corrupt the stream.
-	mallory := &rawClient{received: make(chan *paho.Publish, 16)}
-	mallory.Client = paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), ClientID: "mallory", OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-		mallory.received <- pr.Packet
-		return true, nil
-	}}})
-	if _, err := mallory.Connect(testCtx(t), &paho.Connect{ClientID: "mallory", CleanStart: true, UsernameFlag: true, Username: "mallory", PasswordFlag: true, Password: []byte("mallory-secret")}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = mallory.Disconnect(&paho.Disconnect{}) })
-	mallory.subscribe(t, "#")
+	mallory := rpctest.NewRawClientConn(t, packets.NewThreadSafeConn(conn), &paho.Connect{ClientID: "mallory", CleanStart: true, UsernameFlag: true, Username: "mallory", PasswordFlag: true, Password: []byte("mallory-secret")})
+	mallory.SubscribeTo(t, "#")
 	if _, err := mallory.Publish(testCtx(t), &paho.Publish{Topic: "mqttrpc/" + echoServiceName + "/dev-1/Echo", QoS: 1, Payload: []byte(`"x"`),
 		Properties: &paho.PublishProperties{ResponseTopic: "plant/valves/open", CorrelationData: []byte("c"), ContentType: "application/json"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return srv.Stats().Dropped[rpc.DropResponseTopicPolicy] == 1 })
 	for {
-		p := mallory.next(300 * time.Millisecond)
+		p := mallory.Next(300 * time.Millisecond)
 		if p == nil {
 			break
 		}

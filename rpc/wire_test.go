@@ -1,7 +1,6 @@
 package rpc_test
 
 import (
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,53 +12,6 @@ import (
 
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
-
-// rawClient is a bare paho client that knows nothing of mqttrpc: it speaks
-// the protocol as docs/protocol.md describes it.
-type rawClient struct {
-	*paho.Client
-	received chan *paho.Publish
-}
-
-func newRawClient(t *testing.T, brokerURL, clientID string) *rawClient {
-	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(brokerURL, "mqtt://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := &rawClient{received: make(chan *paho.Publish, 16)}
-	rc.Client = paho.NewClient(paho.ClientConfig{
-		Conn:     conn,
-		ClientID: clientID,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			rc.received <- pr.Packet
-			return true, nil
-		}},
-	})
-	ctx := testCtx(t)
-	if _, err := rc.Connect(ctx, &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 30}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rc.Disconnect(&paho.Disconnect{}) })
-	return rc
-}
-
-func (rc *rawClient) subscribe(t *testing.T, filter string) {
-	t.Helper()
-	if _, err := rc.Subscribe(testCtx(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 2}}}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// next returns the next message received, or nil after wait.
-func (rc *rawClient) next(wait time.Duration) *paho.Publish {
-	select {
-	case p := <-rc.received:
-		return p
-	case <-time.After(wait):
-		return nil
-	}
-}
 
 func userProps(p *paho.Publish) map[string]string {
 	m := map[string]string{}
@@ -89,8 +41,8 @@ func TestWireFormatFromOutside(t *testing.T) {
 		srv := startServer(t, b.url, &echoService{}, rpc.WithServerID("dev-1"))
 		raw := newRawClient(t, b.url, "raw-1")
 		const responseTopic = "mqttrpc/responses/raw-1"
-		raw.subscribe(t, responseTopic)
-		raw.subscribe(t, "evil/#")
+		raw.SubscribeTo(t, responseTopic)
+		raw.SubscribeTo(t, "evil/#")
 		topic := "mqttrpc/" + echoServiceName + "/dev-1/Echo"
 		publishTo := func(topic string, props *paho.PublishProperties, payload string) {
 			t.Helper()
@@ -111,7 +63,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 				MessageExpiry:   u32(10),
 				User:            paho.UserProperties{{Key: "mqttrpc-version", Value: "1"}, {Key: "mqttrpc-timeout", Value: "5000"}},
 			}, `"hello"`)
-			p := raw.next(10 * time.Second)
+			p := raw.Next(10 * time.Second)
 			if p == nil {
 				t.Fatal("no response")
 			}
@@ -153,7 +105,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 				CorrelationData: []byte("corr-pb"),
 				MessageExpiry:   u32(10),
 			}, string(req))
-			p := raw.next(10 * time.Second)
+			p := raw.Next(10 * time.Second)
 			if p == nil {
 				t.Fatal("no response")
 			}
@@ -194,7 +146,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 					MessageExpiry:   u32(10),
 					User:            paho.UserProperties{{Key: "mqttrpc-version", Value: tc.version}},
 				}, string(req))
-				p := raw.next(10 * time.Second)
+				p := raw.Next(10 * time.Second)
 				if p == nil {
 					t.Fatalf("version %s: no response", tc.version)
 				}
@@ -232,7 +184,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				corr := "err-" + strconv.Itoa(i)
 				publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte(corr), ContentType: tc.contentType, MessageExpiry: u32(10)}, tc.payload)
-				p := raw.next(10 * time.Second)
+				p := raw.Next(10 * time.Second)
 				if p == nil {
 					t.Fatal("no response")
 				}
@@ -250,7 +202,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 			publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: make([]byte, 300)}, "")
 			// A normal request after them is still answered, and is the next message.
 			publish(&paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("after"), ContentType: "application/json"}, `"x"`)
-			p := raw.next(10 * time.Second)
+			p := raw.Next(10 * time.Second)
 			if p == nil || string(p.Properties.CorrelationData) != "after" {
 				t.Fatalf("got %v, want only the answer to the last request", p)
 			}
@@ -260,7 +212,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 					t.Errorf("dropped[%v] = %d, want 1 (%v)", r, st.Dropped[r], st.Dropped)
 				}
 			}
-			if p := raw.next(200 * time.Millisecond); p != nil {
+			if p := raw.Next(200 * time.Millisecond); p != nil {
 				t.Errorf("unexpected message on %q", p.Topic)
 			}
 		})
@@ -274,7 +226,7 @@ func TestWireFormatFromOutside(t *testing.T) {
 func TestAnswersFromOutside(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b *broker) {
 		responder := newRawClient(t, b.url, uniqueID("responder"))
-		responder.subscribe(t, "mqttrpc/"+echoServiceName+"/dev-raw/+")
+		responder.SubscribeTo(t, "mqttrpc/"+echoServiceName+"/dev-raw/+")
 		client := newClient(t, b.url)
 
 		cases := []struct {
@@ -302,7 +254,7 @@ func TestAnswersFromOutside(t *testing.T) {
 					v, err := echo(testCtx(t), client, "ping", rpc.To("dev-raw"))
 					done <- result{v, err}
 				}()
-				req := responder.next(10 * time.Second)
+				req := responder.Next(10 * time.Second)
 				if req == nil {
 					t.Fatal("the responder got no request")
 				}

@@ -2,8 +2,6 @@ package otelrpc_test
 
 import (
 	"context"
-	"fmt"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,10 +12,9 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
+	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 	"github.com/mqttrpc/mqttrpc/rpc/otelrpc"
-	"github.com/mqttrpc/mqttrpc/testbroker"
 )
 
 func TestMain(m *testing.M) {
@@ -28,27 +25,12 @@ func TestMain(m *testing.M) {
 // Mosquitto is not installed, unless MQTTRPC_REQUIRE_MOSQUITTO=1).
 func eachBroker(t *testing.T, f func(t *testing.T, brokerURL string)) {
 	t.Helper()
-	t.Run("testbroker", func(t *testing.T) {
-		t.Parallel()
-		f(t, testbroker.Start(t).URL())
-	})
-	t.Run("mosquitto", func(t *testing.T) {
-		t.Parallel()
-		f(t, mosquittotest.Start(t).URL())
-	})
+	rpctest.EachBroker(t, func(t *testing.T, b *rpctest.Broker) { f(t, b.URL) })
 }
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testCtx(t *testing.T) context.Context { return rpctest.Context(t, 30*time.Second) }
 
-var idSeq atomic.Int64
-
-func uniqueID(prefix string) string {
-	return fmt.Sprintf("%s-%d", prefix, idSeq.Add(1))
-}
+func uniqueID(prefix string) string { return rpctest.UniqueID(prefix) }
 
 // telemetry is an Interceptor whose spans and metrics a test can read.
 type telemetry struct {
@@ -94,13 +76,7 @@ func (tel *telemetry) span(t *testing.T, kind string) sdktrace.ReadOnlySpan {
 // answer is built, possibly after the client has its response.
 func (tel *telemetry) waitSpans(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(tel.spans.Ended()) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d spans ended, want %d: %v", len(tel.spans.Ended()), n, spanNames(tel.spans.Ended()))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	rpctest.WaitFor(t, func() bool { return len(tel.spans.Ended()) >= n })
 }
 
 func spanNames(spans []sdktrace.ReadOnlySpan) []string {
@@ -123,12 +99,7 @@ func (tel *telemetry) collect(t *testing.T) metricdata.ResourceMetrics {
 // dial connects to the broker and closes the connection at cleanup.
 func dial(t *testing.T, url, clientID string) *rpc.Conn {
 	t.Helper()
-	conn, err := rpc.Dial(testCtx(t), url, rpc.WithClientID(clientID))
-	if err != nil {
-		t.Fatalf("Dial(%s): %v", url, err)
-	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	return conn
+	return rpctest.Dial(t, url, rpc.WithClientID(clientID))
 }
 
 // newClient dials and returns a client, closed at cleanup.
@@ -163,6 +134,4 @@ func echo(ctx context.Context, c *rpc.Client, value string, opts ...rpc.CallOpti
 	return out.GetValue(), err
 }
 
-func newTestbrokerURL(t *testing.T) string {
-	return testbroker.Start(t).URL()
-}
+func newTestbrokerURL(t *testing.T) string { return rpctest.NewTestbroker(t).URL }

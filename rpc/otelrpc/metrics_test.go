@@ -137,17 +137,17 @@ func TestDropMetrics(t *testing.T) {
 		clientID := uniqueID("raw")
 		responseTopic := "mqttrpc/responses/" + clientID
 		raw := newRawClient(t, url, clientID)
-		raw.subscribe(t, responseTopic)
+		raw.SubscribeTo(t, responseTopic)
 		topic := "mqttrpc/" + echoServiceName + "/dev-1/Echo"
 
-		raw.publish(t, topic, &paho.PublishProperties{ResponseTopic: "evil/topic", CorrelationData: []byte("evil")}, "")
-		raw.publish(t, topic, &paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("late"),
+		raw.PublishTo(t, topic, &paho.PublishProperties{ResponseTopic: "evil/topic", CorrelationData: []byte("evil")}, "")
+		raw.PublishTo(t, topic, &paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("late"),
 			User: paho.UserProperties{{Key: "mqttrpc-timeout", Value: "0"}}}, "")
-		raw.publish(t, topic, &paho.PublishProperties{ResponseTopic: "evil/again", CorrelationData: []byte("evil-2")}, "")
+		raw.PublishTo(t, topic, &paho.PublishProperties{ResponseTopic: "evil/again", CorrelationData: []byte("evil-2")}, "")
 		// The server handles requests in order: once this one is answered,
 		// the drops have been counted.
-		raw.publish(t, topic, &paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("after"), ContentType: "application/json"}, `"x"`)
-		if p := raw.next(10 * time.Second); p == nil || string(p.Properties.CorrelationData) != "after" {
+		raw.PublishTo(t, topic, &paho.PublishProperties{ResponseTopic: responseTopic, CorrelationData: []byte("after"), ContentType: "application/json"}, `"x"`)
+		if p := raw.Next(10 * time.Second); p == nil || string(p.Properties.CorrelationData) != "after" {
 			t.Fatalf("got %v, want only the answer to the last request", p)
 		}
 

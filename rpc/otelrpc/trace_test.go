@@ -194,13 +194,13 @@ func TestForeignTraceparent(t *testing.T) {
 		clientID := uniqueID("raw")
 		responseTopic := "mqttrpc/responses/" + clientID
 		raw := newRawClient(t, url, clientID)
-		raw.subscribe(t, responseTopic)
+		raw.SubscribeTo(t, responseTopic)
 
 		const (
 			traceID  = "4bf92f3577b34da6a3ce929d0e0e4736"
 			parentID = "00f067aa0ba902b7"
 		)
-		raw.publish(t, "mqttrpc/"+echoServiceName+"/dev-1/Echo", &paho.PublishProperties{
+		raw.PublishTo(t, "mqttrpc/"+echoServiceName+"/dev-1/Echo", &paho.PublishProperties{
 			ResponseTopic:   responseTopic,
 			CorrelationData: []byte("corr-1"),
 			ContentType:     "application/json",
@@ -209,7 +209,7 @@ func TestForeignTraceparent(t *testing.T) {
 				{Key: "tracestate", Value: "vendor=opaque"},
 			},
 		}, `"hello"`)
-		p := raw.next(10 * time.Second)
+		p := raw.Next(10 * time.Second)
 		if p == nil {
 			t.Fatal("no response")
 		}
