@@ -103,8 +103,13 @@ type Conn struct {
 	ctx    context.Context // lives until Close; bounds background subscribes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // background subscribes
+	// pubs counts the goroutines that run paho's Publish (conn_publish.go),
+	// which may outlive their callers; Add is called under mu while the
+	// Conn is not closed.
+	pubs       sync.WaitGroup
+	publishOps sync.Pool // of *publishOp, reused once their caller has the result
 	// stopped is closed once, after Close, the manager has stopped and wg
-	// has ended.
+	// and pubs have ended.
 	stopped chan struct{}
 }
 
@@ -452,7 +457,13 @@ func (c *Conn) Close(ctx context.Context) error {
 	c.listenersMu.Unlock()
 	if !c.owned {
 		c.wg.Wait()
-		close(c.stopped)
+		// A publish left by its caller ends once paho's write is through,
+		// or the application disconnects its manager. Close owns this
+		// goroutine: a later Close waits for c.stopped.
+		go func() {
+			c.pubs.Wait()
+			close(c.stopped)
+		}()
 		return nil
 	}
 	err := c.cm.Disconnect(ctx)
@@ -464,6 +475,7 @@ func (c *Conn) Close(ctx context.Context) error {
 		<-c.cm.Done()
 		c.session.close()
 		c.wg.Wait()
+		c.pubs.Wait() // paho's writes fail once the manager has stopped
 		close(c.stopped)
 	}()
 	if err != nil {

@@ -16,9 +16,21 @@ import (
 // The publish waits under ctx itself: when the connection goes down, the
 // session guard (session.go) ends it if paho forgets it, and paho resends
 // it on the next connection if the session lives on.
+//
+// paho's Publish heeds ctx only while it waits for the acknowledgement
+// (paho/client.go:905). Before that it takes its session lock (state.go:357),
+// which it holds across writing each PUBACK (state.go:455-467), and writes
+// the packet (client.go:892), and both wait for as long as the broker does
+// not read: the transport makes writers wait while its buffer is full. So
+// Publish runs on a goroutine of the Conn and the caller leaves it when ctx
+// ends, whatever the broker does; the goroutine ends once paho's write is
+// through or has failed, and Close waits for it.
 func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 	c.mu.Lock()
 	closed, up, gen := c.closed, c.genCtx != nil, c.gen
+	if !closed && up {
+		c.pubs.Add(1)
+	}
 	c.mu.Unlock()
 	switch {
 	case closed:
@@ -26,7 +38,23 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 	case !up:
 		return errNotConnected
 	}
-	resp, err := c.cm.Publish(ctx, p)
+	op, _ := c.publishOps.Get().(*publishOp)
+	if op == nil {
+		op = &publishOp{done: make(chan publishResult, 1)}
+	}
+	op.c, op.ctx, op.p = c, ctx, p
+	go op.run()
+	var resp *paho.PublishResponse
+	var err error
+	select {
+	case r := <-op.done:
+		resp, err = r.resp, r.err
+		*op = publishOp{done: op.done}
+		c.publishOps.Put(op)
+	case <-ctx.Done():
+		// op stays with its goroutine and is dropped with it.
+		return contextError(ctx.Err(), "publishing")
+	}
 	if resp != nil && (resp.ReasonCode >= 0x80 || resp.ReasonCode == 0x10) {
 		return Errorf(codeForReason(resp.ReasonCode), "broker answered the publish on %q with reason 0x%02x (%s)", p.Topic, resp.ReasonCode, reasonText(resp.ReasonCode))
 	}
@@ -49,6 +77,31 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 		return errNotConnected
 	}
 	return &Error{code: Unavailable, err: fmt.Errorf("publish on %q failed: %w: %w", p.Topic, errTransport, err)}
+}
+
+// publishOp is one paho Publish on a goroutine of the Conn. It is reused
+// once its caller has taken the result, so that a publish costs the
+// goroutine's closure alone.
+type publishOp struct {
+	c    *Conn
+	ctx  context.Context
+	p    *paho.Publish
+	done chan publishResult // room for the one result
+}
+
+// publishResult is what paho's Publish returned.
+type publishResult struct {
+	resp *paho.PublishResponse
+	err  error
+}
+
+// run publishes. Once the result is sent the caller may reuse op: run
+// touches it no more.
+func (op *publishOp) run() {
+	c := op.c
+	resp, err := c.cm.Publish(op.ctx, op.p)
+	op.done <- publishResult{resp, err}
+	c.pubs.Done()
 }
 
 // errTransport marks failures of the connection, as opposed to answers of

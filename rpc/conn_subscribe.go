@@ -174,6 +174,12 @@ func (c *Conn) unsubscribe(ctx context.Context, filters []string) error {
 	if !up {
 		return nil
 	}
+	return c.sendUnsubscribe(ctx, filters, removed, 0)
+}
+
+// sendUnsubscribe unsubscribes filters on the current connection; a filter
+// the broker refused stays recorded (removed holds what to record again).
+func (c *Conn) sendUnsubscribe(ctx context.Context, filters []string, removed map[string]paho.SubscribeOptions, retries int) error {
 	opCtx, done := c.operationContext(ctx)
 	if opCtx == nil {
 		return nil
@@ -190,12 +196,19 @@ func (c *Conn) unsubscribe(ctx context.Context, filters []string) error {
 		return Errorf(Unavailable, "unsubscribe: %w", err)
 	}
 	var refused *Error
+	var again []string
 	c.mu.Lock()
 	for i, reason := range unsuback.Reasons {
 		if reason < 0x80 || i >= len(filters) {
 			continue // 0x11, no subscription existed, is no failure either
 		}
-		if _, again := c.subs[filters[i]]; !again {
+		if reason == 0x91 && retries < maxIDRetries {
+			// Packet identifier in use (mochi, as for SUBSCRIBE): paho
+			// picks the next one.
+			again = append(again, filters[i])
+			continue
+		}
+		if _, recorded := c.subs[filters[i]]; !recorded {
 			c.subs[filters[i]] = removed[filters[i]]
 		}
 		if refused == nil {
@@ -205,6 +218,9 @@ func (c *Conn) unsubscribe(ctx context.Context, filters []string) error {
 	c.mu.Unlock()
 	if refused != nil {
 		return refused
+	}
+	if len(again) > 0 {
+		return c.sendUnsubscribe(ctx, again, removed, retries+1)
 	}
 	return nil
 }
