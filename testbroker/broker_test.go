@@ -160,7 +160,7 @@ func TestRestartAutopahoReconnects(t *testing.T) {
 		ServerUrls:                    []*url.URL{serverURL},
 		KeepAlive:                     30,
 		CleanStartOnInitialConnection: true,
-		ConnectRetryDelay:             20 * time.Millisecond,
+		ReconnectBackoff:              autopaho.NewConstantBackoff(20 * time.Millisecond),
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			go func() { // a fresh session: subscribe again
 				_, _ = cm.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "auto/#", QoS: 1}}})
