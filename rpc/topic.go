@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mqttrpc/mqttrpc/internal/topicmatch"
 )
 
 // DefaultTopicTemplate is the request topic template of a method whose proto
@@ -274,37 +276,6 @@ func ResponseTopicFilter(filters ...string) func(topic string) bool {
 	}
 }
 
-// topicMatchesFilter implements MQTT topic filter matching, with the rule
-// that a filter starting with a wildcard matches no topic starting with $
-// (MQTT-4.7.2-1): "#" does not admit "$SYS/...".
-func topicMatchesFilter(filter, topic string) bool {
-	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
-		return false
-	}
-	for {
-		fl, frest, fmore := cut(filter)
-		if fl == "#" {
-			return true
-		}
-		tl, trest, tmore := cut(topic)
-		if fl != "+" && fl != tl {
-			return false
-		}
-		if !fmore {
-			return !tmore
-		}
-		if !tmore {
-			return frest == "#" // "a/#" matches "a"
-		}
-		filter, topic = frest, trest
-	}
-}
-
-func cut(s string) (level, rest string, more bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '/' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
-}
+// topicMatchesFilter implements MQTT topic filter matching with the $ rule
+// (MQTT-4.7.2-1): the repository's one matcher, shared with testbroker.
+func topicMatchesFilter(filter, topic string) bool { return topicmatch.Match(filter, topic) }

@@ -1,4 +1,4 @@
-package testbroker
+package topicmatch
 
 import "testing"
 
@@ -28,8 +28,8 @@ func TestMatchTopic(t *testing.T) {
 		{"mqttrpc/+/+/Get", "mqttrpc/svc/dev-1/Set", false},
 	}
 	for _, tt := range tests {
-		if got := matchTopic(tt.filter, tt.topic); got != tt.want {
-			t.Errorf("matchTopic(%q, %q) = %v, want %v", tt.filter, tt.topic, got, tt.want)
+		if got := Match(tt.filter, tt.topic); got != tt.want {
+			t.Errorf("Match(%q, %q) = %v, want %v", tt.filter, tt.topic, got, tt.want)
 		}
 	}
 }
@@ -37,13 +37,13 @@ func TestMatchTopic(t *testing.T) {
 func TestValidFilter(t *testing.T) {
 	t.Parallel()
 	for _, filter := range []string{"a", "a/b", "+", "#", "a/+/c", "a/#", "+/+/#", "$SYS/#"} {
-		if !validFilter(filter) {
-			t.Errorf("validFilter(%q) = false, want true", filter)
+		if !ValidFilter(filter) {
+			t.Errorf("ValidFilter(%q) = false, want true", filter)
 		}
 	}
 	for _, filter := range []string{"", "a/#/b", "a+", "a/b#", "$share/g/a", "a\x00"} {
-		if validFilter(filter) {
-			t.Errorf("validFilter(%q) = true, want false", filter)
+		if ValidFilter(filter) {
+			t.Errorf("ValidFilter(%q) = true, want false", filter)
 		}
 	}
 }
