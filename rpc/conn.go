@@ -103,11 +103,12 @@ type Conn struct {
 	ctx    context.Context // lives until Close; bounds background subscribes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // background subscribes
-	// pubs counts the goroutines that run paho's Publish (conn_publish.go),
-	// which may outlive their callers; Add is called under mu while the
-	// Conn is not closed.
+	// pubs counts the paho Publishes under way (conn_publish.go), on their
+	// callers' goroutines or on goroutines of the Conn that may outlive
+	// their callers; Add is called under mu while the Conn is not closed.
 	pubs       sync.WaitGroup
-	publishOps sync.Pool // of *publishOp, reused once their caller has the result
+	publishOps sync.Pool   // of *publishOp, reused once their caller has the result
+	dialed     *dialedConn // the current net.Conn when Dial made it through internal/transport; may be nil
 	// stopped is closed once, after Close, the manager has stopped and wg
 	// and pubs have ended.
 	stopped chan struct{}
@@ -207,8 +208,13 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 	if tc := cfg.transportConfig(); (tc.Coalesce || tc.QuickAck) && (u.Scheme == "mqtt" || u.Scheme == "tcp") && os.Getenv("all_proxy") == "" {
 		// Plain TCP through the transport (internal/transport); autopaho's
 		// own dialer otherwise (TLS, WebSocket, a proxy).
+		cfg.dialed = &dialedConn{}
 		apCfg.AttemptConnection = func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
-			return transport.Dial(ctx, u.Host, ac.ConnectTimeout, tc)
+			nc, err := transport.Dial(ctx, u.Host, ac.ConnectTimeout, tc)
+			if err == nil {
+				cfg.dialed.nc.Store(&nc)
+			}
+			return nc, err
 		}
 	}
 	c, err := newConn(apCfg, &cfg, true)
@@ -275,6 +281,7 @@ func newConn(cfg autopaho.ClientConfig, cc *connConfig, owned bool) (*Conn, erro
 		beforeUp:  cc.beforeUp,
 		parkTime:  cmp.Or(cc.parkTime, parkTime),
 		onParked:  cc.onParked,
+		dialed:    cc.dialed,
 		subs:      map[string]paho.SubscribeOptions{},
 		changed:   make(chan struct{}),
 		stopped:   make(chan struct{}),
@@ -577,6 +584,7 @@ type connConfig struct {
 	beforeUp         func()        // tests: runs at the start of connectionUp
 	parkTime         time.Duration // tests: how long packets stay parked (0: parkTime)
 	onParked         func(n int)   // tests: see Conn.onParked
+	dialed           *dialedConn   // set by Dial when it dials through internal/transport
 }
 
 // transportConfig returns the transport options with their defaults.

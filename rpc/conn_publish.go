@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"sync/atomic"
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttrpc/mqttrpc/internal/transport"
 )
 
 // publish sends p and maps every failure to a Code, following DESIGN.md:
@@ -17,14 +21,17 @@ import (
 // session guard (session.go) ends it if paho forgets it, and paho resends
 // it on the next connection if the session lives on.
 //
-// paho's Publish heeds ctx only while it waits for the acknowledgement
-// (paho/client.go:905). Before that it takes its session lock (state.go:357),
-// which it holds across writing each PUBACK (state.go:455-467), and writes
-// the packet (client.go:892), and both wait for as long as the broker does
-// not read: the transport makes writers wait while its buffer is full. So
-// Publish runs on a goroutine of the Conn and the caller leaves it when ctx
-// ends, whatever the broker does; the goroutine ends once paho's write is
-// through or has failed, and Close waits for it.
+// paho's Publish heeds ctx only while it waits for a slot of the broker's
+// Receive Maximum and for the acknowledgement (paho/client.go:905). Its
+// writes, of the packet (client.go:892) and of the PUBACKs it sends under
+// its session lock (state.go:455-467), wait for as long as the transport
+// does. Over internal/transport with coalescing, writes never wait (they
+// buffer) and transport.WaitWritable is the backpressure, under ctx: the
+// caller runs Publish itself. Over any other net.Conn (TLS, WebSocket, no
+// coalescing) a write may wait on the broker, so Publish runs on a
+// goroutine of the Conn and the caller leaves it when ctx ends, whatever
+// the broker does; the goroutine ends once paho's write is through or has
+// failed, and Close waits for it.
 func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 	c.mu.Lock()
 	closed, up, gen := c.closed, c.genCtx != nil, c.gen
@@ -38,22 +45,32 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 	case !up:
 		return errNotConnected
 	}
-	op, _ := c.publishOps.Get().(*publishOp)
-	if op == nil {
-		op = &publishOp{done: make(chan publishResult, 1)}
-	}
-	op.c, op.ctx, op.p = c, ctx, p
-	go op.run()
 	var resp *paho.PublishResponse
 	var err error
-	select {
-	case r := <-op.done:
-		resp, err = r.resp, r.err
-		*op = publishOp{done: op.done}
-		c.publishOps.Put(op)
-	case <-ctx.Done():
-		// op stays with its goroutine and is dropped with it.
-		return contextError(ctx.Err(), "publishing")
+	inline, werr := c.dialed.waitWritable(ctx)
+	switch {
+	case werr != nil:
+		c.pubs.Done()
+		return contextError(werr, "waiting for the connection to take the publish")
+	case inline:
+		resp, err = c.cm.Publish(ctx, p)
+		c.pubs.Done()
+	default:
+		op, _ := c.publishOps.Get().(*publishOp)
+		if op == nil {
+			op = &publishOp{done: make(chan publishResult, 1)}
+		}
+		op.c, op.ctx, op.p = c, ctx, p
+		go op.run()
+		select {
+		case r := <-op.done:
+			resp, err = r.resp, r.err
+			*op = publishOp{done: op.done}
+			c.publishOps.Put(op)
+		case <-ctx.Done():
+			// op stays with its goroutine and is dropped with it.
+			return contextError(ctx.Err(), "publishing")
+		}
 	}
 	if resp != nil && (resp.ReasonCode >= 0x80 || resp.ReasonCode == 0x10) {
 		return Errorf(codeForReason(resp.ReasonCode), "broker answered the publish on %q with reason 0x%02x (%s)", p.Topic, resp.ReasonCode, reasonText(resp.ReasonCode))
@@ -77,6 +94,27 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 		return errNotConnected
 	}
 	return &Error{code: Unavailable, err: fmt.Errorf("publish on %q failed: %w: %w", p.Topic, errTransport, err)}
+}
+
+// dialedConn holds the net.Conn of the current connection when Dial made
+// it through internal/transport (nil otherwise), so that a publish can ask
+// it whether a write would wait.
+type dialedConn struct {
+	nc atomic.Pointer[net.Conn]
+}
+
+// waitWritable waits under ctx until the current connection takes a packet
+// without blocking its writer, and reports whether it can promise that
+// (see transport.WaitWritable). A nil dialedConn cannot.
+func (d *dialedConn) waitWritable(ctx context.Context) (bool, error) {
+	if d == nil {
+		return false, nil
+	}
+	nc := d.nc.Load()
+	if nc == nil {
+		return false, nil
+	}
+	return transport.WaitWritable(ctx, *nc)
 }
 
 // publishOp is one paho Publish on a goroutine of the Conn. It is reused

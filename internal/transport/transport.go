@@ -6,8 +6,14 @@
 //   - it writes a whole MQTT packet in one system call even though paho hands
 //     it over in pieces: paho's net.Buffers.WriteTo is a single writev only on
 //     a bare *net.TCPConn, and on any wrapper becomes one write per piece.
-//     With write coalescing, packets are appended to a buffer that a flusher
-//     goroutine writes out, all that accumulated in one system call;
+//     With write coalescing, a packet that finds the connection idle is
+//     written at once by its writer, in a system call that never blocks
+//     (what the socket does not take goes to the flusher); packets that
+//     find a write under way are appended to a buffer that a flusher
+//     goroutine writes out, all that accumulated in one system call. Each
+//     connection decides from what it sees which of the two it does (see
+//     modeWindow): a writer does not pay a goroutine wake-up for a packet
+//     that goes out alone;
 //   - once it has seen the broker hold a packet back behind our delayed ACK
 //     (Nagle's algorithm on the broker, Mosquitto's stock configuration), it
 //     re-arms TCP_QUICKACK after reading an acknowledgement from the broker
@@ -29,8 +35,29 @@ const (
 	// readBuffer is the size of the read buffer.
 	readBuffer = 32 << 10
 	// writeLimit bounds the bytes waiting for the flusher: past it
-	// writers wait (backpressure).
+	// WaitWritable waits (backpressure). Write itself never waits, so that
+	// a writer holding paho's locks never blocks on the broker.
 	writeLimit = 256 << 10
+	// modeWindow is the number of packets over which a connection decides
+	// between writing a packet at once and leaving it to the flusher.
+	// Writing at once saves the flusher's wake-up (a context switch and its
+	// latency) when packets come one at a time; leaving them to the
+	// flusher batches them into fewer system calls when they come together.
+	// A connection that writes at once switches to batching when at least
+	// half of a window's packets found a write under way; one that batches
+	// switches back when its flusher wrote a window's packets at fewer than
+	// modeBatchMin packets per system call on average.
+	modeWindow = 32
+	// modeBatchMin: see modeWindow, as a ratio (3/2).
+	modeBatchNum, modeBatchDen = 3, 2
+	// directMaxInFlight: past this many calls in flight (the distance
+	// between PUBLISH packets written and read, as for TCP_QUICKACK), every
+	// packet goes to the flusher whatever the window says. With more in
+	// flight, packets rarely go out alone, and a writer that writes itself
+	// is a reader or worker kept from its work for a system call: paho's
+	// reader writes the PUBACKs, so it would stop reading while it writes,
+	// where the flusher writes on the other core.
+	directMaxInFlight = 2
 	// closeFlush bounds how long Close waits for pending packets
 	// (the DISCONNECT) to be written.
 	closeFlush = 2 * time.Second
@@ -101,18 +128,32 @@ type conn struct {
 	// Write coalescing. buf[:complete] holds whole packets for the
 	// flusher; buf[complete:] the start of the packet being written.
 	mu       sync.Mutex
-	wake     sync.Cond // the flusher waits for packets
-	space    sync.Cond // writers wait for the flusher to drain buf
+	wake     sync.Cond // the flusher waits for packets, or for a write to end
 	buf      []byte
 	spare    []byte
 	complete int
-	err      error // the first write error, returned by every later write
+	writing  bool          // a write system call is under way (the flusher's or a writer's)
+	space    chan struct{} // closed when buf drains below writeLimit; nil while nobody waits
+	err      error         // the first write error, returned by every later write
 	closed   bool
-	done     chan struct{} // closed when the flusher has returned
+	done     chan struct{}   // closed when the flusher has returned
+	rawWrite syscall.RawConn // for writes that must not block; nil: every packet goes to the flusher
 
-	// waitingForSpace (tests) runs, under mu, whenever a writer starts
-	// waiting for the flusher to drain buf; it must not block.
-	waitingForSpace func()
+	// The write mode (see modeWindow), guarded by mu: batching leaves every
+	// packet to the flusher. Counted over the current window: packets
+	// completed, those that found a write under way, and the flusher's
+	// system calls.
+	batching      bool
+	windowPackets int
+	windowBehind  int
+	windowWrites  int
+	// Totals, for tests: packets written at once by their writer, and
+	// the flusher's system calls.
+	directWrites, flusherWrites int
+
+	// beforeDirectWrite (tests) runs before a writer's own write system
+	// call, outside every lock.
+	beforeDirectWrite func()
 
 	closeOnce sync.Once
 	closeErr  error
@@ -139,8 +180,14 @@ func newConn(tcp *net.TCPConn, cfg Config) *conn {
 	}
 	c.reader = bufio.NewReaderSize(&reader{c: c}, readBuffer)
 	if cfg.Coalesce {
-		c.wake.L, c.space.L = &c.mu, &c.mu
+		c.wake.L = &c.mu
 		c.done = make(chan struct{})
+		if directWriteSupported {
+			if raw, err := tcp.SyscallConn(); err == nil {
+				c.rawWrite = raw
+			}
+		}
+		c.batching = c.rawWrite == nil
 		go c.flusher()
 	}
 	return c
@@ -155,25 +202,99 @@ func (c *conn) Lock() {
 	c.inPacket, c.packetStart = true, true
 }
 
-// Unlock ends a packet: it is written (without coalescing), or queued for
-// the flusher.
+// Unlock ends a packet: it is written (without coalescing), written at
+// once by this writer without blocking, or queued for the flusher.
 func (c *conn) Unlock() {
 	c.inPacket = false
-	if c.cfg.Coalesce {
-		c.mu.Lock()
-		if c.complete < len(c.buf) {
-			c.complete = len(c.buf)
-			c.wake.Signal()
+	if !c.cfg.Coalesce {
+		if len(c.packet) > 0 {
+			_, err := c.tcp.Write(c.packet)
+			c.packet = c.packet[:0]
+			if err != nil {
+				c.fail(err)
+			}
 		}
-		c.mu.Unlock()
-	} else if len(c.packet) > 0 {
-		_, err := c.tcp.Write(c.packet)
-		c.packet = c.packet[:0]
-		if err != nil {
-			c.fail(err)
+		c.packetMu.Unlock()
+		return
+	}
+	c.mu.Lock()
+	var out []byte
+	if c.complete < len(c.buf) {
+		c.complete = len(c.buf)
+		out = c.packetDoneLocked()
+	}
+	c.mu.Unlock()
+	c.packetMu.Unlock()
+	if out != nil {
+		c.writeNow(out)
+	}
+}
+
+// packetDoneLocked counts a packet completed in buf and decides who writes
+// it. It returns the bytes that the caller is to write at once, having
+// marked a write under way, or nil when the packet is left to the flusher
+// (woken if it can write). c.mu is held.
+func (c *conn) packetDoneLocked() []byte {
+	c.windowPackets++
+	if c.writing {
+		c.windowBehind++
+	}
+	if c.windowPackets >= modeWindow {
+		c.decideLocked()
+	}
+	switch {
+	case c.writing || c.err != nil:
+		// The write under way is followed by the flusher's.
+		return nil
+	case c.batching || c.closed || c.inFlight() > directMaxInFlight:
+		c.wake.Signal()
+		return nil
+	}
+	c.writing = true
+	c.directWrites++
+	return c.takeLocked()
+}
+
+// countsCalls is whether the connection counts the PUBLISH packets it
+// writes and reads: for TCP_QUICKACK, and for the write mode.
+func (c *conn) countsCalls() bool { return c.cfg.QuickAck || c.rawWrite != nil }
+
+// inFlight is the distance between the PUBLISH packets written and read:
+// the calls in flight on a connection that only calls or only serves.
+func (c *conn) inFlight() int64 {
+	d := c.published.Load() - c.received.Load()
+	return max(d, -d)
+}
+
+// decideLocked ends a window: see modeWindow. c.mu is held.
+func (c *conn) decideLocked() {
+	if c.rawWrite != nil {
+		if c.batching {
+			c.batching = c.windowPackets*modeBatchDen >= c.windowWrites*modeBatchNum
+		} else {
+			c.batching = 2*c.windowBehind >= c.windowPackets
 		}
 	}
-	c.packetMu.Unlock()
+	c.windowPackets, c.windowBehind, c.windowWrites = 0, 0, 0
+}
+
+// writeNow writes out, taken from buf with a write marked under way, in a
+// system call that does not block; what the socket does not take goes back
+// to the front of buf for the flusher.
+func (c *conn) writeNow(out []byte) {
+	if c.beforeDirectWrite != nil {
+		c.beforeDirectWrite()
+	}
+	n, err := nonBlockingWrite(c.rawWrite, out)
+	c.mu.Lock()
+	if err == nil && n < len(out) {
+		rest := out[n:]
+		c.buf = append(append(make([]byte, 0, len(rest)+len(c.buf)), rest...), c.buf...)
+		c.complete += len(rest)
+	}
+	c.writing = false
+	c.wroteLocked(out, err)
+	c.mu.Unlock()
 }
 
 // takeLocked takes the whole packets queued for one write. c.mu is held.
@@ -185,9 +306,9 @@ func (c *conn) takeLocked() []byte {
 	return out
 }
 
-// wroteLocked ends a write. c.mu is held.
+// wroteLocked ends a write (writing is false again). c.mu is held.
 func (c *conn) wroteLocked(out []byte, err error) {
-	if cap(out) <= 2*writeLimit {
+	if out != nil && cap(out) <= 2*writeLimit && c.spare == nil {
 		c.spare = out[:0]
 	}
 	if err != nil && c.err == nil {
@@ -195,8 +316,42 @@ func (c *conn) wroteLocked(out []byte, err error) {
 		// paho learns of a dead connection from its reader.
 		_ = c.tcp.Close()
 	}
-	c.space.Broadcast()
+	if c.space != nil && (len(c.buf) < writeLimit || c.err != nil || c.closed) {
+		close(c.space)
+		c.space = nil
+	}
 	c.wake.Signal() // packets queued meanwhile, or Close waiting
+}
+
+// WaitWritable waits until nc takes a packet without blocking its writer,
+// or ctx ends. It reports false, at once, when nc cannot promise that: a
+// connection that Dial did not return, or one without write coalescing,
+// may block a writer for as long as the peer does not read. A connection
+// of this package with coalescing never blocks Write; it buffers, and
+// WaitWritable is its backpressure: it waits while writeLimit bytes wait
+// for the flusher. A failed or closed connection is writable (its writes
+// fail at once).
+func WaitWritable(ctx context.Context, nc net.Conn) (bool, error) {
+	c, ok := nc.(*conn)
+	if !ok || !c.cfg.Coalesce {
+		return false, nil
+	}
+	c.mu.Lock()
+	for len(c.buf) >= writeLimit && c.err == nil && !c.closed {
+		if c.space == nil {
+			c.space = make(chan struct{})
+		}
+		space := c.space
+		c.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return true, ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+	return true, nil
 }
 
 // Write takes one piece of a packet, or a whole packet when the writer did
@@ -204,7 +359,7 @@ func (c *conn) wroteLocked(out []byte, err error) {
 func (c *conn) Write(p []byte) (int, error) {
 	if len(p) > 0 && (c.packetStart || !c.inPacket) {
 		c.packetStart = false
-		if c.cfg.QuickAck && p[0]>>4 == packetTypePublish {
+		if c.countsCalls() && p[0]>>4 == packetTypePublish {
 			c.published.Add(1)
 		}
 	}
@@ -212,25 +367,24 @@ func (c *conn) Write(p []byte) (int, error) {
 		return c.writeDirect(p)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Wait while whole packets fill the buffer; a single packet larger than
-	// the limit still goes in.
-	for c.err == nil && !c.closed && c.complete > 0 && len(c.buf) >= writeLimit {
-		if c.waitingForSpace != nil {
-			c.waitingForSpace()
-		}
-		c.space.Wait()
-	}
 	switch {
 	case c.err != nil:
-		return 0, c.err
+		err := c.err
+		c.mu.Unlock()
+		return 0, err
 	case c.closed:
+		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
 	c.buf = append(c.buf, p...)
+	var out []byte
 	if !c.inPacket {
 		c.complete = len(c.buf)
-		c.wake.Signal()
+		out = c.packetDoneLocked()
+	}
+	c.mu.Unlock()
+	if out != nil {
+		c.writeNow(out)
 	}
 	return len(p), nil
 }
@@ -255,25 +409,28 @@ func (c *conn) writeDirect(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flusher writes out the whole packets queued since its last write, all of
-// them in one system call: a packet queued on an idle connection is written
-// as soon as the flusher wakes, and those queued while it writes go out
-// together in the next write.
+// flusher writes out the whole packets queued since the last write, all of
+// them in one system call: those queued behind a writer's own write, and
+// every packet while the connection batches (see modeWindow).
 func (c *conn) flusher() {
 	defer close(c.done)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		for c.err == nil && c.complete == 0 && !c.closed {
+		for c.err == nil && (c.writing || c.complete == 0 && !c.closed) {
 			c.wake.Wait()
 		}
 		if c.err != nil || c.complete == 0 {
 			return // failed, or closed with nothing left to write
 		}
 		out := c.takeLocked()
+		c.writing = true
+		c.windowWrites++
+		c.flusherWrites++
 		c.mu.Unlock()
 		_, err := c.tcp.Write(out)
 		c.mu.Lock()
+		c.writing = false
 		c.wroteLocked(out, err)
 	}
 }
@@ -299,7 +456,10 @@ func (c *conn) Close() error {
 			c.mu.Lock()
 			c.closed = true
 			c.wake.Broadcast()
-			c.space.Broadcast()
+			if c.space != nil {
+				close(c.space)
+				c.space = nil
+			}
 			c.mu.Unlock()
 			<-c.done
 		}
@@ -349,6 +509,9 @@ type reader struct {
 
 func (r *reader) Read(p []byte) (int, error) {
 	n, err := r.c.tcp.Read(p)
+	if n > 0 && r.c.rawWrite != nil && !r.c.cfg.QuickAck {
+		r.scan(p[:n]) // counts the calls in flight for the write mode
+	}
 	if n > 0 && r.c.cfg.QuickAck {
 		// Only an acknowledgement from the broker needs an ACK at once:
 		// the broker may have more to send behind it, and Nagle's

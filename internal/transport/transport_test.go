@@ -2,11 +2,13 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -177,52 +179,81 @@ func TestTransportCloseFlushes(t *testing.T) {
 	}
 }
 
-// A peer that stops reading blocks writers once the buffer is full, and
-// Close releases them; nothing grows without bound.
+// A peer that stops reading never blocks a writer: Write buffers, and
+// WaitWritable, which writers call before a packet (rpc does before every
+// PUBLISH), waits while writeLimit bytes are queued, under its context, and
+// Close releases it. Nothing grows beyond the limit and the packets of the
+// writers that passed it.
 func TestTransportBackpressure(t *testing.T) {
 	local, _ := tcpPair(t) // the remote end never reads
 	w := newConn(local, Config{Coalesce: true})
 	body := make([]byte, 16<<10)
-	waiting := make(chan struct{})
-	var once sync.Once
-	maxBuffered := 0 // at the moments a writer waits; guarded by w.mu
-	w.waitingForSpace = func() {
-		maxBuffered = max(maxBuffered, len(w.buf))
-		once.Do(func() { close(waiting) })
+	full := func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.buf) >= writeLimit
 	}
-	blocked := make(chan error, 1)
-	go func() {
-		for {
-			if err := writePacket(w, packetTypePublish, body); err != nil {
-				blocked <- err
-				return
-			}
+	maxBuffered := 0
+	for !full() {
+		if ok, err := WaitWritable(context.Background(), w); !ok || err != nil {
+			t.Fatalf("WaitWritable before the buffer filled: %v, %v", ok, err)
 		}
-	}()
-	select {
-	case <-waiting: // socket buffers filled, then ours
-	case err := <-blocked:
-		t.Fatalf("writer stopped early: %v", err)
+		if err := writePacket(w, packetTypePublish, body); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		w.mu.Lock()
+		maxBuffered = max(maxBuffered, len(w.buf))
+		w.mu.Unlock()
 	}
+	if maxBuffered > writeLimit+len(body)+16 {
+		t.Fatalf("%d bytes buffered, limit %d", maxBuffered, writeLimit)
+	}
+	// A write past the limit still returns: paho's locks are never held
+	// across a wait for the broker.
+	if err := writePacket(w, packetTypePublish, body); err != nil {
+		t.Fatalf("write past the limit: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := WaitWritable(ctx, w); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitWritable on a full buffer with a cancelled context: %v", err)
+	}
+	waited := make(chan error, 1)
+	go func() {
+		_, err := WaitWritable(context.Background(), w)
+		waited <- err
+	}()
 	closed := make(chan error, 1)
 	go func() { closed <- w.Close() }()
 	select {
-	case err := <-blocked:
-		if err == nil {
-			t.Fatal("blocked writer got no error")
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("WaitWritable after Close: %v", err)
 		}
 	case <-time.After(2 * closeFlush):
-		t.Fatal("Close did not release the blocked writer")
+		t.Fatal("Close did not release WaitWritable")
 	}
 	select {
 	case <-closed:
 	case <-time.After(2 * closeFlush):
 		t.Fatal("Close did not return")
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if maxBuffered > writeLimit+len(body)+16 {
-		t.Fatalf("%d bytes buffered, limit %d", maxBuffered, writeLimit)
+	if err := writePacket(w, packetTypePublish, body); err == nil {
+		t.Fatal("write after Close succeeded")
+	}
+}
+
+// WaitWritable promises nothing for a connection that writes directly:
+// its writer may block on the peer.
+func TestTransportWaitWritableWithoutCoalescing(t *testing.T) {
+	local, _ := tcpPair(t)
+	w := newConn(local, Config{})
+	defer w.Close()
+	if ok, err := WaitWritable(context.Background(), w); ok || err != nil {
+		t.Fatalf("WaitWritable without coalescing: %v, %v; want false", ok, err)
+	}
+	if ok, _ := WaitWritable(context.Background(), local); ok {
+		t.Fatal("WaitWritable on a bare TCP connection: true")
 	}
 }
 
@@ -336,4 +367,171 @@ func repeatReads[T any](n int, pattern ...T) []T {
 		out = append(out, pattern...)
 	}
 	return out
+}
+
+// The write mode follows what the connection sees (modeWindow). Packets
+// that come one at a time, as on a machine where a system call is cheap
+// next to the time between calls, are written by their writers: the flusher
+// is never woken. Packets that pile up behind a write, as where system calls
+// are dear or many calls are in flight, switch the connection to batching,
+// and the flusher writes them in few system calls; once packets come alone
+// again, the connection goes back to writing them at once.
+func TestTransportWriteModeDecision(t *testing.T) {
+	if !directWriteSupported {
+		t.Skip("no non-blocking writes on this platform: every packet goes to the flusher")
+	}
+	local, remote := tcpPair(t)
+	w := newConn(local, Config{Coalesce: true})
+	defer w.Close()
+	counts := func() (direct, flusher int, batching bool) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.directWrites, w.flusherWrites, w.batching
+	}
+	read := func(n int) {
+		t.Helper()
+		for i := range n {
+			if typ, body, err := readPacket(remote); err != nil || typ != 14 || len(body) != 100 {
+				t.Fatalf("packet %d: type %d, %d bytes, %v", i, typ, len(body), err)
+			}
+		}
+	}
+	body := make([]byte, 100)
+
+	// One at a time: every packet is written by its writer.
+	for range 3 * modeWindow {
+		if err := writePacket(w, 14, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read(3 * modeWindow)
+	if direct, flusher, batching := counts(); direct != 3*modeWindow || flusher != 0 || batching {
+		t.Fatalf("lone packets: %d written by their writers, %d flusher writes, batching %v; want %d, 0, false", direct, flusher, batching, 3*modeWindow)
+	}
+
+	// A burst behind a write that takes long: 2 windows of packets pile up
+	// while the first is being written.
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	var held atomic.Bool
+	w.beforeDirectWrite = func() {
+		if !held.Swap(true) { // only the first write waits
+			close(entered)
+			<-release
+		}
+	}
+	first := make(chan error, 1)
+	go func() { first <- writePacket(w, 14, body) }()
+	<-entered
+	var wg sync.WaitGroup
+	burst := 2 * modeWindow
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := writePacket(w, 14, body); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait() // writers never wait for the write under way
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	read(1 + burst)
+	direct, flusher, batching := counts()
+	if !batching {
+		t.Fatal("after a burst behind a write: still writing packets at once")
+	}
+	if direct != 3*modeWindow+1 {
+		t.Fatalf("during the burst, %d packets were written by their writers; want only the first", direct-3*modeWindow)
+	}
+	if flusher >= burst/2 {
+		t.Fatalf("the flusher wrote %d packets in %d system calls", burst, flusher)
+	}
+
+	// Alone again: each flusher write carries one packet, and within two
+	// windows the connection writes at once again.
+	for range 2 * modeWindow {
+		if err := writePacket(w, 14, body); err != nil {
+			t.Fatal(err)
+		}
+		read(1) // the packet went out before the next is written
+	}
+	if _, _, batching := counts(); batching {
+		t.Fatal("lone packets after the burst: still batching")
+	}
+	before, _, _ := counts()
+	if err := writePacket(w, 14, body); err != nil {
+		t.Fatal(err)
+	}
+	read(1)
+	if after, _, _ := counts(); after != before+1 {
+		t.Fatalf("back to lone packets: the next was not written by its writer (%d → %d)", before, after)
+	}
+
+	// Calls in flight: a caller with 8 requests out and no answer yet
+	// leaves the requests past directMaxInFlight to the flusher, and writes
+	// its own again once the answers are in.
+	direct0, flusher0, _ := counts()
+	const calls = 8
+	for range calls {
+		if err := writePacket(w, packetTypePublish, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range calls {
+		if typ, _, err := readPacket(remote); err != nil || typ != packetTypePublish {
+			t.Fatalf("request %d: type %d, %v", i, typ, err)
+		}
+	}
+	direct1, flusher1, _ := counts()
+	if direct1-direct0 != directMaxInFlight || flusher1 == flusher0 {
+		t.Fatalf("%d requests in flight: %d written by their writers, %d flusher writes; want %d and some", calls, direct1-direct0, flusher1-flusher0, directMaxInFlight)
+	}
+	for range calls { // the answers
+		packet := append([]byte{packetTypePublish << 4}, encodeLength(len(body))...)
+		if _, err := remote.Write(append(packet, body...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range calls {
+		if typ, _, err := readPacket(w); err != nil || typ != packetTypePublish {
+			t.Fatalf("answer %d: type %d, %v", i, typ, err)
+		}
+	}
+	if err := writePacket(w, packetTypePublish, body); err != nil {
+		t.Fatal(err)
+	}
+	if direct2, _, _ := counts(); direct2 != direct1+1 {
+		t.Fatal("with every answer in, the next request was not written by its writer")
+	}
+}
+
+// A writer's own write that the socket takes only in part leaves the rest
+// to the flusher, in front of what was queued meanwhile: a peer that reads
+// late still gets every packet whole and in order.
+func TestTransportPartialWritesKeepOrder(t *testing.T) {
+	local, remote := tcpPair(t)
+	w := newConn(local, Config{Coalesce: true})
+	defer w.Close()
+	const packets = 256 // 16 MiB: more than the socket buffers take
+	for seq := range packets {
+		body := make([]byte, 64<<10)
+		binary.BigEndian.PutUint32(body, uint32(seq))
+		body[len(body)-1] = byte(seq)
+		if err := writePacket(w, packetTypePublish, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for seq := range packets {
+		typ, body, err := readPacket(remote)
+		if err != nil || typ != packetTypePublish || len(body) != 64<<10 {
+			t.Fatalf("packet %d: type %d, %d bytes, %v", seq, typ, len(body), err)
+		}
+		if got := binary.BigEndian.Uint32(body); got != uint32(seq) || body[len(body)-1] != byte(seq) {
+			t.Fatalf("packet %d arrived as %d", seq, got)
+		}
+	}
 }
