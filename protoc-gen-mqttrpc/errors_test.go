@@ -16,7 +16,6 @@ import (
 // writes no file.
 func TestGenerationErrors(t *testing.T) {
 	t.Parallel()
-	const greeter = "mqttrpctest/greeter/v1/greeter.proto"
 	const hvac = "mqttrpctest/hvac/v1/hvac.proto"
 	tests := []struct {
 		name  string
@@ -25,31 +24,6 @@ func TestGenerationErrors(t *testing.T) {
 		breakIt func(f *descriptorpb.FileDescriptorProto)
 		want    []string
 	}{
-		{
-			name:  "server streaming",
-			proto: greeter,
-			breakIt: func(f *descriptorpb.FileDescriptorProto) {
-				f.Service[0].Method[0].ServerStreaming = proto.Bool(true)
-			},
-			want: []string{greeter, "mqttrpctest.greeter.v1.Greeter", "method SayHello", "server-streaming", "streaming is not supported yet"},
-		},
-		{
-			name:  "client streaming",
-			proto: greeter,
-			breakIt: func(f *descriptorpb.FileDescriptorProto) {
-				f.Service[0].Method[1].ClientStreaming = proto.Bool(true)
-			},
-			want: []string{greeter, "method SayHelloAgain", "client-streaming", "streaming is not supported yet"},
-		},
-		{
-			name:  "bidirectional streaming",
-			proto: greeter,
-			breakIt: func(f *descriptorpb.FileDescriptorProto) {
-				m := f.Service[0].Method[0]
-				m.ClientStreaming, m.ServerStreaming = proto.Bool(true), proto.Bool(true)
-			},
-			want: []string{greeter, "method SayHello", "bidirectional-streaming", "streaming is not supported yet"},
-		},
 		{
 			name:  "service template without target",
 			proto: hvac,

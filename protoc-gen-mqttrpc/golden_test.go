@@ -30,6 +30,7 @@ var goldenCases = []struct {
 	{proto: "mqttrpctest/editions/v1/editions.proto", protocCannotParse: true}, // edition 2023
 	{proto: "mqttrpctest/clock/v1/clock.proto"},                                // well-known types, another package's messages
 	{proto: "mqttrpctest/hvac/v1/hvac.proto"},                                  // mqttrpc options, idempotency levels
+	{proto: "mqttrpctest/stream/v1/stream.proto"},                              // server, client and bidi streaming
 	{proto: "mqttrpctest/common/v1/common.proto", noServices: true},
 }
 

@@ -18,8 +18,9 @@
 // protoc-gen-go.
 //
 // Topic templates and QoS come from the options in mqttrpc/v1/options.proto
-// (directory proto/ of the repository); the generator validates templates and
-// fails on methods it cannot serve yet (streaming).
+// (directory proto/ of the repository); the generator validates templates.
+// Streaming methods get grpc-go's generic stream types (rpc.ServerStreamingClient
+// and the like).
 package main
 
 import (

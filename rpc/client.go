@@ -33,6 +33,7 @@ type Client struct {
 	timeout       time.Duration
 	retry         RetryPolicy
 	maxPayload    int
+	streamWindow  int // credit granted to a stream's server
 	logger        *slog.Logger
 	err           error // a bad option: every call fails with it
 
@@ -46,6 +47,7 @@ type clientConfig struct {
 	defaultTimeout time.Duration
 	retry          RetryPolicy
 	maxPayload     int
+	streamWindow   int
 	logger         *slog.Logger
 	errs           []error // options given bad values
 }
@@ -55,7 +57,7 @@ type clientConfig struct {
 // given a bad value (WithDefaultTimeout(0), say) makes every call fail with
 // InvalidArgument naming it.
 func NewClient(conn *Conn, opts ...ClientOption) *Client {
-	cfg := clientConfig{defaultTimeout: defaultTimeout, maxPayload: defaultMaxPayload, logger: conn.logger}
+	cfg := clientConfig{defaultTimeout: defaultTimeout, maxPayload: defaultMaxPayload, streamWindow: DefaultStreamWindow, logger: conn.logger}
 	for _, o := range opts {
 		o.applyToClient(&cfg)
 	}
@@ -66,6 +68,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		timeout:       cfg.defaultTimeout,
 		retry:         cfg.retry,
 		maxPayload:    cfg.maxPayload,
+		streamWindow:  cfg.streamWindow,
 		logger:        cfg.logger,
 	}
 	if len(cfg.errs) > 0 {
@@ -110,6 +113,13 @@ func (c *Client) Stub(desc *ServiceDesc, method string, opts ...CallOption) *Stu
 		}
 	}
 	if md == nil {
+		for i := range desc.Streams {
+			if sd := &desc.Streams[i]; sd.StreamName == method {
+				s.stream, s.qos = sd, sd.QoS
+				s.template, s.err = parseTemplateOrDefault(sd.TopicTemplate)
+				return s
+			}
+		}
 		s.err = Errorf(Unimplemented, "service %s has no method %q", desc.ServiceName, method)
 		return s
 	}
@@ -154,6 +164,7 @@ type Stub struct {
 	qos         QoS
 	idempotency Idempotency
 	template    *TopicTemplate
+	stream      *StreamDesc // nil for a unary method
 	opts        []CallOption
 	err         error
 }

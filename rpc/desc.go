@@ -15,6 +15,9 @@ type ServiceDesc struct {
 	HandlerType any
 	// Methods lists the unary methods.
 	Methods []MethodDesc
+	// Streams lists the streaming methods (server, client and
+	// bidirectional streaming).
+	Streams []StreamDesc
 	// Metadata is the source .proto file name, for humans.
 	Metadata string
 }

@@ -39,8 +39,13 @@ func (s *Server) handlePublish(p *paho.Publish, ack func()) bool {
 	if req.svc == nil {
 		return false
 	}
-	if isCancel(p) {
+	switch classifyRequest(p) {
+	case kindCancel:
 		s.cancel(p)
+		ack()
+		return true
+	case kindStreamMessage:
+		s.streamMessage(p)
 		ack()
 		return true
 	}
@@ -263,6 +268,10 @@ func (s *Server) serve(req *request) {
 	m := req.method
 	if m == nil || !m.template.match(p.Topic, call.service, &topicValues{}) {
 		s.respond(ctx, req, call, cd, nil, Errorf(Unimplemented, "method %s not implemented by service %s", req.values.method, call.service))
+		return
+	}
+	if m.stream != nil {
+		s.serveStream(ctx, req, call, cd)
 		return
 	}
 	call.idempotency = m.desc.Idempotency

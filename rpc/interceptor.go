@@ -30,6 +30,12 @@ type StreamingClientConn interface {
 	// Receive decodes the next response message into msg; at the end of
 	// the stream it returns io.EOF, or the *Error the stream ended with.
 	Receive(msg any) error
+	// ResponseHeader returns the metadata of the server's first message;
+	// it waits for that message or the end of the stream.
+	ResponseHeader() Metadata
+	// ResponseTrailer returns the metadata of the server's final message,
+	// once Receive has returned an error (io.EOF included).
+	ResponseTrailer() Metadata
 	// CloseReceive ends the stream from the caller's side (cancelling it
 	// on the wire if it is still open).
 	CloseReceive() error
@@ -64,9 +70,11 @@ type StreamingHandlerConn interface {
 // like), which carries the call: on a client's unary call, next fails with
 // Internal otherwise.
 //
-// Streaming calls are specified by docs/protocol.md's streaming section;
-// until a runtime that serves them is in use, WrapStreamingClient and
-// WrapStreamingHandler are not called.
+// Streaming calls (docs/protocol.md, "Streams") go through
+// WrapStreamingClient when a stream is opened (Stub.NewStream) and
+// WrapStreamingHandler when a server runs its handler; the stream's
+// messages pass through the StreamingClientConn and StreamingHandlerConn
+// that the wrapped functions return and receive.
 type Interceptor interface {
 	WrapUnary(next UnaryFunc) UnaryFunc
 	WrapStreamingClient(next StreamingClientFunc) StreamingClientFunc
@@ -94,6 +102,22 @@ func (f UnaryInterceptorFunc) WrapStreamingHandler(next StreamingHandlerFunc) St
 func chainInterceptors(next UnaryFunc, interceptors []Interceptor) UnaryFunc {
 	for i := len(interceptors) - 1; i >= 0; i-- {
 		next = interceptors[i].WrapUnary(next)
+	}
+	return next
+}
+
+// chainStreamingClient wraps next so that interceptors[0] runs first.
+func chainStreamingClient(next StreamingClientFunc, interceptors []Interceptor) StreamingClientFunc {
+	for i := len(interceptors) - 1; i >= 0; i-- {
+		next = interceptors[i].WrapStreamingClient(next)
+	}
+	return next
+}
+
+// chainStreamingHandler wraps next so that interceptors[0] runs first.
+func chainStreamingHandler(next StreamingHandlerFunc, interceptors []Interceptor) StreamingHandlerFunc {
+	for i := len(interceptors) - 1; i >= 0; i-- {
+		next = interceptors[i].WrapStreamingHandler(next)
 	}
 	return next
 }

@@ -262,6 +262,28 @@ func WithRetry(p RetryPolicy) ClientOption {
 	})
 }
 
+type streamWindowOption struct{ n int }
+
+func (o streamWindowOption) applyToClient(c *clientConfig) {
+	c.streamWindow = o.n
+	c.errs = appendAtLeast(c.errs, "WithStreamWindow", o.n, 1)
+}
+
+func (o streamWindowOption) applyToServer(c *serverConfig) {
+	c.streamWindow = o.n
+	c.errs = appendAtLeast(c.errs, "WithStreamWindow", o.n, 1)
+}
+
+// WithStreamWindow sets the window of flow control of streams: how many
+// messages of a stream a Client (as the receiver of server messages) or a
+// Server (of client messages) accepts ahead of the application reading
+// them. The sender waits when they are unread; the receiver grants more
+// credit as they are read, in steps of half the window. Default:
+// DefaultStreamWindow (64). A window below 1 is refused.
+func WithStreamWindow(n int) ClientServerOption {
+	return streamWindowOption{min(n, maxCredit)}
+}
+
 type maxPayloadOption struct{ n int }
 
 func (o maxPayloadOption) applyToClient(c *clientConfig) {

@@ -107,9 +107,11 @@ func (c *Client) prepare(cc *clientCall, tmpl *TopicTemplate, req any) (out *out
 	if cfg.codec.ContentType() == codec.ContentTypeJSON {
 		props.PayloadFormat = &payloadFormatUTF8
 	}
-	payload, err := cfg.codec.Marshal(req)
-	if err != nil {
-		return nil, 0, Errorf(Internal, "encoding the request: %w", err)
+	var payload []byte
+	if _, none := req.(noMessage); !none { // a stream's open may carry no message
+		if payload, err = cfg.codec.Marshal(req); err != nil {
+			return nil, 0, Errorf(Internal, "encoding the request: %w", err)
+		}
 	}
 	if len(payload) > c.maxPayload {
 		return nil, 0, Errorf(ResourceExhausted, "request of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), c.maxPayload)
@@ -206,20 +208,6 @@ func cancelMessage(p *paho.Publish) *paho.Publish {
 			User:            paho.UserProperties{{Key: propCancel, Value: "1"}},
 		},
 	}
-}
-
-// isCancel reports whether a PUBLISH on a request topic is a cancel
-// message.
-func isCancel(p *paho.Publish) bool {
-	if p.Properties == nil {
-		return false
-	}
-	for _, u := range p.Properties.User {
-		if u.Key == propCancel {
-			return u.Value == "1"
-		}
-	}
-	return false
 }
 
 // --- the response PUBLISH ---

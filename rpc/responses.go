@@ -29,11 +29,13 @@ type responseRouter struct {
 	waiters     map[[16]byte]*responseWaiter
 }
 
-// responseWaiter is a call (or broadcast) waiting for its answers.
+// responseWaiter is a call (or broadcast, or stream) waiting for its
+// answers.
 type responseWaiter struct {
 	client    *Client
 	ch        chan *paho.Publish
-	broadcast bool // many replies, sent without blocking
+	broadcast bool          // many replies, sent without blocking
+	stream    *clientStream // a stream's messages go to it; ch is nil
 }
 
 // attach counts a new Client and, for the first, starts listening.
@@ -77,6 +79,10 @@ func (r *responseRouter) detach(ctx context.Context, client *Client) error {
 	r.mu.Unlock()
 	closed := map[chan *paho.Publish]bool{} // a broadcast's IDs share one channel
 	for _, w := range ended {
+		if w.stream != nil {
+			w.stream.breakWith(Errorf(Canceled, "client closed"))
+			continue
+		}
 		if !closed[w.ch] {
 			closed[w.ch] = true
 			close(w.ch)
@@ -188,6 +194,13 @@ func (r *responseRouter) handle(p *paho.Publish, ack func()) bool {
 	r.mu.Lock()
 	w, ok := r.waiters[id]
 	delivered := true
+	if ok && w.stream != nil {
+		// Outside the lock: the stream takes it without blocking, and
+		// detach does not close a stream's channel.
+		r.mu.Unlock()
+		w.stream.deliver(p)
+		return true
+	}
 	if ok {
 		if w.broadcast {
 			select {

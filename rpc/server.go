@@ -43,6 +43,9 @@ type Server struct {
 	workers     sync.WaitGroup // handler goroutines; Add only while !stopping
 	idle        chan struct{}  // made by Shutdown, closed when no handler runs
 	shutDown    bool           // Shutdown finished: the route is removed
+
+	streamsMu sync.Mutex
+	streams   map[string]*serverStream // running streams by dedupKey, for their client's messages
 }
 
 type serverConfig struct {
@@ -63,7 +66,9 @@ type serverConfig struct {
 	dedupBytes          int
 	dropHook            func(DropReason, string)
 	maxPayload          int
-	errs                []error // options given bad values
+	streamWindow        int
+	onCreditWait        func(seq int64) // tests: a stream's Send is about to wait for credit
+	errs                []error         // options given bad values
 }
 
 type serviceConfig struct {
@@ -83,6 +88,10 @@ type method struct {
 	desc     *MethodDesc
 	template *TopicTemplate
 	call     UnaryFunc // handler wrapped in the server's interceptors
+	// A streaming method has stream and streamCall (its handler wrapped in
+	// the interceptors) instead of desc and call.
+	stream     *StreamDesc
+	streamCall StreamingHandlerFunc
 
 	// Guarded by Server.mu.
 	running int        // handlers of this method running
@@ -116,6 +125,7 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		responseTopicPolicy: ResponseTopicFilter(DefaultResponsePrefix + "+"),
 		logger:              conn.logger,
 		maxPayload:          defaultMaxPayload,
+		streamWindow:        DefaultStreamWindow,
 		dedupEntries:        10000,
 		dedupBytes:          16 << 20,
 	}
@@ -128,6 +138,7 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		codecs:  codec.NewRegistry(cfg.codecs...),
 		dedup:   newDedupCache(cfg.dedupEntries, cfg.dedupBytes),
 		publish: conn.publish,
+		streams: map[string]*serverStream{},
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
 	return s
@@ -179,6 +190,36 @@ func (s *Server) RegisterService(desc *ServiceDesc, impl any, opts ...ServiceOpt
 		impl := impl
 		handler := func(ctx context.Context, req any) (any, error) { return md.Handler(impl, ctx, req) }
 		svc.methods[md.MethodName] = &method{desc: md, template: tmpl, call: chainInterceptors(handler, s.cfg.interceptors)}
+	}
+	for i := range desc.Streams {
+		sd := &desc.Streams[i]
+		if err := checkTokenValue("method name", sd.StreamName); err != nil {
+			panic(fmt.Sprintf("rpc: RegisterService %s: stream %d: %v", desc.ServiceName, i, err))
+		}
+		if svc.methods[sd.StreamName] != nil {
+			panic(fmt.Sprintf("rpc: RegisterService %s: method %s declared twice", desc.ServiceName, sd.StreamName))
+		}
+		if sd.Handler == nil || (!sd.ServerStreams && !sd.ClientStreams) {
+			panic(fmt.Sprintf("rpc: RegisterService %s: stream %s has no Handler or streams in neither direction", desc.ServiceName, sd.StreamName))
+		}
+		tmpl, err := parseTemplateOrDefault(sd.TopicTemplate)
+		if err != nil {
+			panic(fmt.Sprintf("rpc: RegisterService %s: method %s: %v", desc.ServiceName, sd.StreamName, err))
+		}
+		known := false
+		for _, t := range svc.templates {
+			if t.raw == tmpl.raw {
+				tmpl, known = t, true
+			}
+		}
+		if !known {
+			svc.templates = append(svc.templates, tmpl)
+		}
+		impl := impl
+		handler := func(ctx context.Context, conn StreamingHandlerConn) error {
+			return sd.Handler(impl, &serverStreamView{ctx: ctx, conn: conn})
+		}
+		svc.methods[sd.StreamName] = &method{stream: sd, template: tmpl, streamCall: chainStreamingHandler(handler, s.cfg.interceptors)}
 	}
 	for name, value := range sc.tokens {
 		if err := checkTokenValue(name, value); err != nil {

@@ -20,7 +20,7 @@ const (
 
 // GenerateFile writes the code of file's services. It writes nothing for a
 // file without services, and fails without writing anything when a service
-// cannot be generated: a streaming method or an invalid option.
+// cannot be generated: an invalid option.
 func GenerateFile(gen *protogen.Plugin, file *protogen.File) error {
 	if len(file.Services) == 0 {
 		return nil

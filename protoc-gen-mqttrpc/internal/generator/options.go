@@ -11,10 +11,13 @@ import (
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
 
-// methodSpec is a unary method with its options resolved: method option over
+// methodSpec is a method with its options resolved: method option over
 // service option over the defaults.
 type methodSpec struct {
 	method *protogen.Method
+	// clientStreams, serverStreams: which sides of a streaming method send
+	// many messages; both false for a unary method.
+	clientStreams, serverStreams bool
 	// topicTemplate is "" when neither the method nor the service sets one,
 	// so that generated code names rpc.DefaultTopicTemplate.
 	topicTemplate string
@@ -41,12 +44,11 @@ func resolveService(file *protogen.File, service *protogen.Service) ([]methodSpe
 	specs := make([]methodSpec, 0, len(service.Methods))
 	for _, method := range service.Methods {
 		where := fmt.Sprintf("%s, method %s", where, method.Desc.Name())
-		if kind := streamingKind(method); kind != "" {
-			return nil, fmt.Errorf("%s is %s: streaming is not supported yet, only unary methods", where, kind)
-		}
 		methodOpts, _ := proto.GetExtension(method.Desc.Options(), mqttrpcv1.E_Method).(*mqttrpcv1.MethodOptions)
 		spec := methodSpec{
 			method:        method,
+			clientStreams: method.Desc.IsStreamingClient(),
+			serverStreams: method.Desc.IsStreamingServer(),
 			topicTemplate: serviceOpts.GetTopicTemplate(),
 			qos:           serviceQoS,
 			idempotency:   idempotencyOf(method),
@@ -91,20 +93,6 @@ func idempotencyOf(method *protogen.Method) rpc.Idempotency {
 		return rpc.Idempotent
 	}
 	return rpc.IdempotencyUnknown
-}
-
-// streamingKind describes a streaming method, or returns "" for a unary one.
-func streamingKind(method *protogen.Method) string {
-	client, server := method.Desc.IsStreamingClient(), method.Desc.IsStreamingServer()
-	switch {
-	case client && server:
-		return "bidirectional-streaming"
-	case client:
-		return "client-streaming"
-	case server:
-		return "server-streaming"
-	}
-	return ""
 }
 
 func isDeprecatedService(service *protogen.Service) bool {

@@ -96,8 +96,7 @@ func (w *serviceWriter) writeClient() {
 		m := spec.method
 		methodComment(g, m.Comments.Leading, m.GoName+" calls "+string(m.Desc.FullName())+".", isDeprecatedMethod(m))
 		g.AnnotateSymbol(n.client+"."+m.GoName, protogen.Annotation{Location: m.Location})
-		g.P(m.GoName, "(ctx ", contextPackage.Ident("Context"), ", req *", m.Input.GoIdent,
-			", opts ...", callOption, ") (*", m.Output.GoIdent, ", error)")
+		g.P(append([]any{m.GoName}, w.clientSignature(spec)...)...)
 	}
 	g.P("}")
 	g.P()
@@ -133,6 +132,10 @@ func (w *serviceWriter) writeClient() {
 			g.P("//")
 			g.P(deprecationNotice)
 		}
+		if spec.clientStreams || spec.serverStreams {
+			w.writeClientStream(spec)
+			continue
+		}
 		g.P("func (c *", n.clientImpl, ") ", m.GoName, "(ctx ", contextPackage.Ident("Context"), ", req *", m.Input.GoIdent,
 			", opts ...", callOption, ") (*", m.Output.GoIdent, ", error) {")
 		g.P("resp := new(", m.Output.GoIdent, ")")
@@ -157,8 +160,7 @@ func (w *serviceWriter) writeServer() {
 		m := spec.method
 		methodComment(g, m.Comments.Leading, m.GoName+" serves "+string(m.Desc.FullName())+".", isDeprecatedMethod(m))
 		g.AnnotateSymbol(n.server+"."+m.GoName, protogen.Annotation{Location: m.Location})
-		g.P(m.GoName, "(ctx ", contextPackage.Ident("Context"), ", req *", m.Input.GoIdent,
-			") (*", m.Output.GoIdent, ", error)")
+		g.P(append([]any{m.GoName}, w.serverSignature(spec, true)...)...)
 	}
 	g.P("}")
 	g.P()
@@ -170,9 +172,12 @@ func (w *serviceWriter) writeServer() {
 	for _, spec := range w.methods {
 		m := spec.method
 		wrapComment(g, m.GoName+" returns an Unimplemented error.")
-		g.P("func (", n.unimplemented, ") ", m.GoName, "(", contextPackage.Ident("Context"), ", *", m.Input.GoIdent,
-			") (*", m.Output.GoIdent, ", error) {")
-		g.P("return nil, ", rpcPackage.Ident("Errorf"), "(", rpcPackage.Ident("Unimplemented"), ", ",
+		g.P(append(append([]any{"func (", n.unimplemented, ") ", m.GoName}, w.serverSignature(spec, false)...), " {")...)
+		nilResult := "nil, "
+		if spec.clientStreams || spec.serverStreams {
+			nilResult = ""
+		}
+		g.P("return ", nilResult, rpcPackage.Ident("Errorf"), "(", rpcPackage.Ident("Unimplemented"), ", ",
 			strconv.Quote("method "+string(m.Desc.Name())+" not implemented"), ")")
 		g.P("}")
 		g.P()
@@ -202,8 +207,13 @@ func (w *serviceWriter) writeDesc() {
 	g.P("ServiceName: ", n.nameConst, ",")
 	g.P("HandlerType: (*", n.server, ")(nil),")
 	g.P("Methods: []", rpcPackage.Ident("MethodDesc"), "{")
+	streams := false
 	for _, spec := range w.methods {
 		m := spec.method
+		if spec.clientStreams || spec.serverStreams {
+			streams = true
+			continue
+		}
 		g.P("{")
 		g.P("MethodName: ", w.methodNameConst(m), ",")
 		if spec.topicTemplate == "" {
@@ -220,6 +230,9 @@ func (w *serviceWriter) writeDesc() {
 		g.P("},")
 	}
 	g.P("},")
+	if streams {
+		w.writeStreamDescs()
+	}
 	g.P("Metadata: ", strconv.Quote(w.file.Desc.Path()), ",")
 	g.P("}")
 	g.P()

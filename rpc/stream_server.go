@@ -1,0 +1,385 @@
+package rpc
+
+// The server's side of a stream: accepting it, running its handler,
+// routing the client's later messages to it, and the final message
+// (docs/protocol.md, "Streams").
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttrpc/mqttrpc/codec"
+)
+
+// serverStream is the runtime's StreamingHandlerConn.
+type serverStream struct {
+	s      *Server
+	req    *request
+	call   *Call
+	desc   *StreamDesc
+	codec  codec.Codec
+	ctx    context.Context // the handler's
+	env    streamEnvelope  // to the caller's response topic
+	target string          // this server's ID, named on the first message of a stream to _any
+	recv   *recvQueue      // client and bidi streams
+	credit *sendCredit
+	slots  chan struct{}  // publishes in flight
+	pubs   sync.WaitGroup // publish goroutines; Add under mu while !ended
+
+	mu       sync.Mutex
+	ended    bool
+	sendErr  error // a publish failed: the stream is broken
+	trailers Metadata
+
+	// The handler's goroutine's.
+	sendSeq     int64
+	headersSent bool
+	openRead    bool
+}
+
+// serveStream runs a streaming method's handler for req and ends the
+// stream with its final message. It runs on a worker, in place of a
+// unary handler.
+func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd codec.Codec) {
+	p := req.publish
+	props := p.Properties
+	desc := req.method.stream
+	key := ""
+	if len(props.CorrelationData) > 0 {
+		key = dedupKey(props.ResponseTopic, props.CorrelationData)
+	}
+	switch target := req.values.target; {
+	case target == TargetAll:
+		s.respond(ctx, req, call, cd, nil, Errorf(InvalidArgument, "a stream cannot be addressed to _all: it has one server"))
+		return
+	case target == TargetAny && s.cfg.serverID == "":
+		s.respond(ctx, req, call, cd, nil, Errorf(FailedPrecondition, "this server has no ID, so the later messages of a stream to _any cannot reach it"))
+		return
+	case desc.ClientStreams && key == "":
+		s.respond(ctx, req, call, cd, nil, Errorf(InvalidArgument, "a client or bidirectional stream needs CorrelationData to name it"))
+		return
+	}
+	st := &serverStream{
+		s:      s,
+		req:    req,
+		call:   call,
+		desc:   desc,
+		codec:  cd,
+		ctx:    ctx,
+		env:    streamEnvelope{qos: p.QoS, topic: props.ResponseTopic, correlationData: props.CorrelationData, contentType: responseContentType(cd)},
+		credit: newSendCredit(openWindow(p), s.cfg.onCreditWait),
+		slots:  make(chan struct{}, maxInflightPublishes),
+	}
+	if t := req.values.target; (t == TargetAny || t == TargetAll) && s.cfg.serverID != "" {
+		st.target = s.cfg.serverID
+	}
+	if desc.ClientStreams {
+		st.recv = newRecvQueue(int64(s.cfg.streamWindow))
+	}
+	if key != "" {
+		s.streamsMu.Lock()
+		s.streams[key] = st
+		s.streamsMu.Unlock()
+		defer func() {
+			s.streamsMu.Lock()
+			if s.streams[key] == st {
+				delete(s.streams, key)
+			}
+			s.streamsMu.Unlock()
+		}()
+	}
+	// A stream holds its worker for long: its open is acknowledged now,
+	// so that it does not hold back the acknowledgements of later packets.
+	req.ack()
+	if desc.ClientStreams {
+		// Accepting: the caller may send once it has credit, to us.
+		accept := st.env.message(st.expiry(), creditProps(int64(s.cfg.streamWindow), st.target), nil)
+		if err := s.publish(ctx, accept); err != nil {
+			s.count(DropResponseFailed, p.Topic)
+			s.cfg.logger.Warn("mqttrpc: accepting a stream failed", "topic", p.Topic, "error", err)
+			s.dedup.finishEntry(req.dedupEntry, nil)
+			return
+		}
+	}
+	err := s.runStreamHandler(withCall(ctx, call), req.method, st)
+	st.finish(err)
+}
+
+// runStreamHandler calls the handler and turns a panic into Internal.
+func (s *Server) runStreamHandler(ctx context.Context, m *method, st *serverStream) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.logger.Error("mqttrpc: stream handler panicked", "method", m.stream.StreamName, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = Errorf(Internal, "handler panicked")
+		}
+	}()
+	err = m.streamCall(ctx, st)
+	if isNilError(err) {
+		err = nil
+	}
+	return err
+}
+
+// finish ends the stream after its handler returned: the final message
+// goes out unless the caller cancelled, the server's cap already
+// answered, or the deadline passed; then the stream's publishes are
+// waited for.
+func (st *serverStream) finish(handlerErr error) {
+	s, req, p := st.s, st.req, st.req.publish
+	defer st.wait()
+	if s.dedup.finishEntry(req.dedupEntry, nil) {
+		return // cancelled: nobody waits for the end
+	}
+	if !req.answered.CompareAndSwap(false, true) {
+		return // the server's cap answered DeadlineExceeded
+	}
+	if time.Until(req.callerDeadline) <= 0 {
+		s.drop(DropExpired, p.Topic, "the stream's deadline passed before it ended")
+		return
+	}
+	st.mu.Lock()
+	sendErr := st.sendErr
+	trailers := st.trailers
+	st.mu.Unlock()
+	if sendErr != nil {
+		s.count(DropResponseFailed, p.Topic)
+		return // a message is missing: the caller sees the stream stall, then its deadline
+	}
+	var rpcErr *Error
+	if handlerErr != nil {
+		rpcErr = asError(handlerErr)
+		if rpcErr.Code() == OK {
+			rpcErr = Errorf(Unknown, "handler returned an error with code OK: %s", rpcErr.Message())
+		}
+		for k, vs := range rpcErr.meta {
+			trailers = appendMetadata(trailers, k, vs)
+		}
+	}
+	var headers []userProperty
+	if !st.headersSent {
+		h, err := responseMetadata(st.call.respMeta)
+		if err != nil {
+			rpcErr, h = err, nil
+		}
+		headers = h
+		if st.target != "" {
+			headers = append(headers, userProperty{propTarget, st.target})
+		}
+	}
+	tr, err := responseMetadata(trailers)
+	if err != nil {
+		rpcErr, tr = err, nil
+	}
+	ctx, cancel := context.WithDeadline(s.baseCtx, req.callerDeadline)
+	defer cancel()
+	final := st.env.message(st.expiry(), finalProps(st.sendSeq, rpcErr, headers, tr), nil)
+	if err := s.publish(ctx, final); err != nil {
+		s.count(DropResponseFailed, p.Topic)
+		s.cfg.logger.Warn("mqttrpc: publishing the end of a stream failed", "topic", p.Topic, "error", err)
+		return
+	}
+	s.stats.add(statServed)
+}
+
+// wait stops new publishes and waits for those in flight.
+func (st *serverStream) wait() {
+	st.mu.Lock()
+	st.ended = true
+	st.mu.Unlock()
+	if st.recv != nil {
+		st.recv.fail(Errorf(FailedPrecondition, "the stream's handler returned"))
+	}
+	st.pubs.Wait()
+}
+
+func appendMetadata(md Metadata, key string, values []string) Metadata {
+	if md == nil {
+		md = Metadata{}
+	}
+	md[key] = append(md[key], values...)
+	return md
+}
+
+// expiry is the MessageExpiryInterval of a message sent now.
+func (st *serverStream) expiry() uint32 {
+	return expirySeconds(time.Until(st.req.callerDeadline))
+}
+
+// streamMessage routes a client's message (data, half-close, credit) to
+// its running stream, on paho's receive goroutine; it never blocks. A
+// message for no running stream is dropped: it is late, or a copy.
+func (s *Server) streamMessage(p *paho.Publish) {
+	props := p.Properties
+	if props.ResponseTopic == "" || len(props.CorrelationData) == 0 {
+		return
+	}
+	key := dedupKey(props.ResponseTopic, props.CorrelationData)
+	s.streamsMu.Lock()
+	st := s.streams[key]
+	s.streamsMu.Unlock()
+	if st == nil {
+		return
+	}
+	sp := readStreamProps(p)
+	if sp.credit >= 0 {
+		st.credit.grant(sp.credit)
+	}
+	if sp.seq >= 0 && st.recv != nil {
+		st.recv.push(sp.seq, p, sp.end)
+	}
+}
+
+// Call implements StreamingHandlerConn.
+func (st *serverStream) Call() *Call { return st.call }
+
+// ResponseTrailer implements StreamingHandlerConn.
+func (st *serverStream) ResponseTrailer() Metadata {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.trailers == nil {
+		st.trailers = Metadata{}
+	}
+	return st.trailers
+}
+
+// contextError is what Send and Receive return once the handler's
+// context has ended.
+func (st *serverStream) contextError() error {
+	return contextError(st.ctx.Err(), "stream")
+}
+
+// Send implements StreamingHandlerConn.
+func (st *serverStream) Send(msg any) error {
+	if st.ctx.Err() != nil {
+		return st.contextError()
+	}
+	if err := st.credit.wait(st.ctx, st.sendSeq); err != nil {
+		return st.contextError()
+	}
+	payload, err := st.s.marshal(st.codec, msg)
+	if err != nil {
+		return Errorf(Internal, "encoding a stream message: %v", err)
+	}
+	if len(payload) > st.s.cfg.maxPayload {
+		return Errorf(ResourceExhausted, "stream message of %d bytes exceeds the server's limit of %d", len(payload), st.s.cfg.maxPayload)
+	}
+	var user paho.UserProperties
+	if !st.headersSent {
+		headers, err := responseMetadata(st.call.respMeta)
+		if err != nil {
+			return err
+		}
+		user = dataProps(st.sendSeq, 1+len(headers))
+		if st.target != "" {
+			user = append(user, paho.UserProperty{Key: propTarget, Value: st.target})
+		}
+		for _, u := range headers {
+			user = append(user, paho.UserProperty{Key: u.key, Value: u.value})
+		}
+		st.headersSent = true
+	} else {
+		user = dataProps(st.sendSeq, 0)
+	}
+	p := st.env.message(st.expiry(), user, payload)
+	st.sendSeq++
+	return st.publishAsync(p)
+}
+
+// publishAsync publishes p on a goroutine of the stream, at most
+// maxInflightPublishes at once.
+func (st *serverStream) publishAsync(p *paho.Publish) error {
+	select {
+	case st.slots <- struct{}{}:
+	case <-st.ctx.Done():
+		return st.contextError()
+	}
+	st.mu.Lock()
+	if st.ended || st.sendErr != nil {
+		err := st.sendErr
+		st.mu.Unlock()
+		<-st.slots
+		if err == nil {
+			err = Errorf(FailedPrecondition, "the stream's handler returned")
+		}
+		return err
+	}
+	st.pubs.Add(1)
+	st.mu.Unlock()
+	go func() {
+		defer st.pubs.Done()
+		err := st.s.publish(st.ctx, p)
+		<-st.slots
+		if err != nil && st.ctx.Err() == nil {
+			st.mu.Lock()
+			if st.sendErr == nil {
+				st.sendErr = Errorf(CodeOf(err), "a stream message was not published: %s", asError(err).Message())
+			}
+			st.mu.Unlock()
+		}
+	}()
+	return nil
+}
+
+// Receive implements StreamingHandlerConn.
+func (st *serverStream) Receive(msg any) error {
+	if !st.desc.ClientStreams {
+		// The open carried the one request.
+		if st.openRead {
+			return io.EOF
+		}
+		st.openRead = true
+		if err := st.codec.Unmarshal(st.req.publish.Payload, msg); err != nil {
+			st.s.count(DropBadPayload, st.req.publish.Topic)
+			return Errorf(InvalidArgument, "request payload does not decode as %s (%s): %v", st.desc.StreamName, st.codec.ContentType(), err)
+		}
+		return nil
+	}
+	p, end, grant, err := st.recv.pop(st.ctx)
+	if err != nil {
+		if st.ctx.Err() != nil {
+			return st.contextError()
+		}
+		return err
+	}
+	if end {
+		return io.EOF
+	}
+	if grant > 0 {
+		if err := st.publishAsync(st.env.message(st.expiry(), creditProps(grant, ""), nil)); err != nil {
+			return err
+		}
+	}
+	return decodePayload(st.codec, p, msg, st.s.cfg.maxPayload)
+}
+
+// serverStreamView is the ServerStream a handler gets, over the conn that
+// the interceptors pass it.
+type serverStreamView struct {
+	ctx  context.Context
+	conn StreamingHandlerConn
+}
+
+func (v *serverStreamView) Context() context.Context { return v.ctx }
+
+func (v *serverStreamView) SetHeader(md Metadata) {
+	h := v.conn.Call().ResponseMetadata()
+	for k, vs := range md {
+		h[k] = append(h[k], vs...)
+	}
+}
+
+func (v *serverStreamView) SetTrailer(md Metadata) {
+	t := v.conn.ResponseTrailer()
+	for k, vs := range md {
+		t[k] = append(t[k], vs...)
+	}
+}
+
+func (v *serverStreamView) SendMsg(m any) error { return v.conn.Send(m) }
+func (v *serverStreamView) RecvMsg(m any) error { return v.conn.Receive(m) }
