@@ -136,8 +136,8 @@ type conn struct {
 	space    chan struct{} // closed when buf drains below writeLimit; nil while nobody waits
 	err      error         // the first write error, returned by every later write
 	closed   bool
-	done     chan struct{}   // closed when the flusher has returned
-	rawWrite syscall.RawConn // for writes that must not block; nil: every packet goes to the flusher
+	done     chan struct{}      // closed when the flusher has returned
+	direct   *nonBlockingWriter // for writes that must not block; nil: every packet goes to the flusher
 
 	// The write mode (see modeWindow), guarded by mu: batching leaves every
 	// packet to the flusher. Counted over the current window: packets
@@ -184,10 +184,10 @@ func newConn(tcp *net.TCPConn, cfg Config) *conn {
 		c.done = make(chan struct{})
 		if directWriteSupported {
 			if raw, err := tcp.SyscallConn(); err == nil {
-				c.rawWrite = raw
+				c.direct = newNonBlockingWriter(raw)
 			}
 		}
-		c.batching = c.rawWrite == nil
+		c.batching = c.direct == nil
 		go c.flusher()
 	}
 	return c
@@ -257,7 +257,7 @@ func (c *conn) packetDoneLocked() []byte {
 
 // countsCalls is whether the connection counts the PUBLISH packets it
 // writes and reads: for TCP_QUICKACK, and for the write mode.
-func (c *conn) countsCalls() bool { return c.cfg.QuickAck || c.rawWrite != nil }
+func (c *conn) countsCalls() bool { return c.cfg.QuickAck || c.direct != nil }
 
 // inFlight is the distance between the PUBLISH packets written and read:
 // the calls in flight on a connection that only calls or only serves.
@@ -268,7 +268,7 @@ func (c *conn) inFlight() int64 {
 
 // decideLocked ends a window: see modeWindow. c.mu is held.
 func (c *conn) decideLocked() {
-	if c.rawWrite != nil {
+	if c.direct != nil {
 		if c.batching {
 			c.batching = c.windowPackets*modeBatchDen >= c.windowWrites*modeBatchNum
 		} else {
@@ -285,7 +285,7 @@ func (c *conn) writeNow(out []byte) {
 	if c.beforeDirectWrite != nil {
 		c.beforeDirectWrite()
 	}
-	n, err := nonBlockingWrite(c.rawWrite, out)
+	n, err := c.direct.writeNow(out)
 	c.mu.Lock()
 	if err == nil && n < len(out) {
 		rest := out[n:]
@@ -509,7 +509,7 @@ type reader struct {
 
 func (r *reader) Read(p []byte) (int, error) {
 	n, err := r.c.tcp.Read(p)
-	if n > 0 && r.c.rawWrite != nil && !r.c.cfg.QuickAck {
+	if n > 0 && r.c.direct != nil && !r.c.cfg.QuickAck {
 		r.scan(p[:n]) // counts the calls in flight for the write mode
 	}
 	if n > 0 && r.c.cfg.QuickAck {

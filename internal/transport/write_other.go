@@ -11,6 +11,11 @@ import (
 // without blocking: not here, so every packet goes to the flusher.
 const directWriteSupported = false
 
-func nonBlockingWrite(syscall.RawConn, []byte) (int, error) {
+// nonBlockingWriter is not made on this platform.
+type nonBlockingWriter struct{}
+
+func newNonBlockingWriter(syscall.RawConn) *nonBlockingWriter { return nil }
+
+func (*nonBlockingWriter) writeNow([]byte) (int, error) {
 	return 0, errors.New("transport: no non-blocking writes on this platform")
 }
