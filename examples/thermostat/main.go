@@ -90,6 +90,20 @@ func run(brokerURL string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "SetTarget  dev-3 80 °C   -> %v\n", err)
 
+	// A server stream: three readings of dev-1, 50 ms apart.
+	watch, err := thermostat.WatchReadings(ctx, &thermostatv1.WatchReadingsRequest{Count: 3, IntervalMs: 50}, rpc.To("dev-1"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "WatchReadings dev-1 ->")
+	for r, err := range rpc.Messages(watch) {
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, " %.1f °C", r.GetCelsius())
+	}
+	fmt.Fprintln(out, ", then the stream ended OK")
+
 	// Nobody serves dev-9: Mosquitto says so at once (Unavailable), brokers
 	// that don't (like the embedded one) leave the call to its deadline.
 	shortCtx, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)

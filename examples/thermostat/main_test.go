@@ -20,6 +20,8 @@ func TestQuickstartTranscript(t *testing.T) {
 		"SetTarget  dev-2 21.5 °C -> OK, previous target 20.0 °C",
 		"GetReading dev-2 -> target now 21.5 °C",
 		"SetTarget  dev-3 80 °C   -> InvalidArgument: target 80.0 °C is outside [5, 35] °C",
+		"WatchReadings dev-1 -> ",
+		", then the stream ended OK",
 		"-> DeadlineExceeded",
 	} {
 		if !strings.Contains(out.String(), want) {

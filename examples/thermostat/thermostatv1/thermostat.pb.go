@@ -213,6 +213,60 @@ func (x *SetTargetResponse) GetPreviousCelsius() float64 {
 	return 0
 }
 
+type WatchReadingsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// count is the number of readings to send; 0 streams until cancelled.
+	Count uint32 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	// interval_ms is the time between readings; 0 means one second.
+	IntervalMs    uint32 `protobuf:"varint,2,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchReadingsRequest) Reset() {
+	*x = WatchReadingsRequest{}
+	mi := &file_thermostat_thermostatv1_thermostat_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchReadingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchReadingsRequest) ProtoMessage() {}
+
+func (x *WatchReadingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_thermostat_thermostatv1_thermostat_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchReadingsRequest.ProtoReflect.Descriptor instead.
+func (*WatchReadingsRequest) Descriptor() ([]byte, []int) {
+	return file_thermostat_thermostatv1_thermostat_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchReadingsRequest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *WatchReadingsRequest) GetIntervalMs() uint32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
 var File_thermostat_thermostatv1_thermostat_proto protoreflect.FileDescriptor
 
 const file_thermostat_thermostatv1_thermostat_proto_rawDesc = "" +
@@ -227,12 +281,17 @@ const file_thermostat_thermostatv1_thermostat_proto_rawDesc = "" +
 	"\x10SetTargetRequest\x12\x18\n" +
 	"\acelsius\x18\x01 \x01(\x01R\acelsius\">\n" +
 	"\x11SetTargetResponse\x12)\n" +
-	"\x10previous_celsius\x18\x01 \x01(\x01R\x0fpreviousCelsius2\xc4\x01\n" +
+	"\x10previous_celsius\x18\x01 \x01(\x01R\x0fpreviousCelsius\"M\n" +
+	"\x14WatchReadingsRequest\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12\x1f\n" +
+	"\vinterval_ms\x18\x02 \x01(\rR\n" +
+	"intervalMs2\xa4\x02\n" +
 	"\n" +
 	"Thermostat\x12V\n" +
 	"\n" +
 	"GetReading\x12(.example.thermostat.v1.GetReadingRequest\x1a\x1e.example.thermostat.v1.Reading\x12^\n" +
-	"\tSetTarget\x12'.example.thermostat.v1.SetTargetRequest\x1a(.example.thermostat.v1.SetTargetResponseBJZHgithub.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1;thermostatv1b\x06proto3"
+	"\tSetTarget\x12'.example.thermostat.v1.SetTargetRequest\x1a(.example.thermostat.v1.SetTargetResponse\x12^\n" +
+	"\rWatchReadings\x12+.example.thermostat.v1.WatchReadingsRequest\x1a\x1e.example.thermostat.v1.Reading0\x01BJZHgithub.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1;thermostatv1b\x06proto3"
 
 var (
 	file_thermostat_thermostatv1_thermostat_proto_rawDescOnce sync.Once
@@ -246,20 +305,23 @@ func file_thermostat_thermostatv1_thermostat_proto_rawDescGZIP() []byte {
 	return file_thermostat_thermostatv1_thermostat_proto_rawDescData
 }
 
-var file_thermostat_thermostatv1_thermostat_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_thermostat_thermostatv1_thermostat_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_thermostat_thermostatv1_thermostat_proto_goTypes = []any{
-	(*GetReadingRequest)(nil), // 0: example.thermostat.v1.GetReadingRequest
-	(*Reading)(nil),           // 1: example.thermostat.v1.Reading
-	(*SetTargetRequest)(nil),  // 2: example.thermostat.v1.SetTargetRequest
-	(*SetTargetResponse)(nil), // 3: example.thermostat.v1.SetTargetResponse
+	(*GetReadingRequest)(nil),    // 0: example.thermostat.v1.GetReadingRequest
+	(*Reading)(nil),              // 1: example.thermostat.v1.Reading
+	(*SetTargetRequest)(nil),     // 2: example.thermostat.v1.SetTargetRequest
+	(*SetTargetResponse)(nil),    // 3: example.thermostat.v1.SetTargetResponse
+	(*WatchReadingsRequest)(nil), // 4: example.thermostat.v1.WatchReadingsRequest
 }
 var file_thermostat_thermostatv1_thermostat_proto_depIdxs = []int32{
 	0, // 0: example.thermostat.v1.Thermostat.GetReading:input_type -> example.thermostat.v1.GetReadingRequest
 	2, // 1: example.thermostat.v1.Thermostat.SetTarget:input_type -> example.thermostat.v1.SetTargetRequest
-	1, // 2: example.thermostat.v1.Thermostat.GetReading:output_type -> example.thermostat.v1.Reading
-	3, // 3: example.thermostat.v1.Thermostat.SetTarget:output_type -> example.thermostat.v1.SetTargetResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
+	4, // 2: example.thermostat.v1.Thermostat.WatchReadings:input_type -> example.thermostat.v1.WatchReadingsRequest
+	1, // 3: example.thermostat.v1.Thermostat.GetReading:output_type -> example.thermostat.v1.Reading
+	3, // 4: example.thermostat.v1.Thermostat.SetTarget:output_type -> example.thermostat.v1.SetTargetResponse
+	1, // 5: example.thermostat.v1.Thermostat.WatchReadings:output_type -> example.thermostat.v1.Reading
+	3, // [3:6] is the sub-list for method output_type
+	0, // [0:3] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -276,7 +338,7 @@ func file_thermostat_thermostatv1_thermostat_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_thermostat_thermostatv1_thermostat_proto_rawDesc), len(file_thermostat_thermostatv1_thermostat_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,9 @@ const (
 	ThermostatGetReadingMethod = "GetReading"
 	// ThermostatSetTargetMethod is the name of the Thermostat.SetTarget method.
 	ThermostatSetTargetMethod = "SetTarget"
+	// ThermostatWatchReadingsMethod is the name of the Thermostat.WatchReadings
+	// method.
+	ThermostatWatchReadingsMethod = "WatchReadings"
 )
 
 // ThermostatClient is a client of the example.thermostat.v1.Thermostat service.
@@ -36,6 +39,10 @@ type ThermostatClient interface {
 	// SetTarget sets the target temperature, between 5 and 35 °C, and returns
 	// the previous one.
 	SetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) (*SetTargetResponse, error)
+	// WatchReadings streams the device's readings: the current one at once,
+	// then one per interval as the temperature moves towards the target;
+	// count readings in all, or until the caller cancels when count is 0.
+	WatchReadings(ctx context.Context, req *WatchReadingsRequest, opts ...rpc.CallOption) (rpc.ServerStreamingClient[Reading], error)
 }
 
 // NewThermostatClient returns a client of the Thermostat service that calls
@@ -43,15 +50,17 @@ type ThermostatClient interface {
 // call itself.
 func NewThermostatClient(c *rpc.Client, opts ...rpc.CallOption) ThermostatClient {
 	return &thermostatClient{
-		getReading: c.Stub(&ThermostatServiceDesc, ThermostatGetReadingMethod, opts...),
-		setTarget:  c.Stub(&ThermostatServiceDesc, ThermostatSetTargetMethod, opts...),
+		getReading:    c.Stub(&ThermostatServiceDesc, ThermostatGetReadingMethod, opts...),
+		setTarget:     c.Stub(&ThermostatServiceDesc, ThermostatSetTargetMethod, opts...),
+		watchReadings: c.Stub(&ThermostatServiceDesc, ThermostatWatchReadingsMethod, opts...),
 	}
 }
 
 // thermostatClient implements ThermostatClient with one stub per method.
 type thermostatClient struct {
-	getReading *rpc.Stub
-	setTarget  *rpc.Stub
+	getReading    *rpc.Stub
+	setTarget     *rpc.Stub
+	watchReadings *rpc.Stub
 }
 
 // GetReading calls example.thermostat.v1.Thermostat.GetReading.
@@ -72,6 +81,22 @@ func (c *thermostatClient) SetTarget(ctx context.Context, req *SetTargetRequest,
 	return resp, nil
 }
 
+// WatchReadings calls example.thermostat.v1.Thermostat.WatchReadings.
+func (c *thermostatClient) WatchReadings(ctx context.Context, req *WatchReadingsRequest, opts ...rpc.CallOption) (rpc.ServerStreamingClient[Reading], error) {
+	stream, err := c.watchReadings.NewStream(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &rpc.GenericClientStream[WatchReadingsRequest, Reading]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(req); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
 // ThermostatServer is the server API of the example.thermostat.v1.Thermostat
 // service. Implementations embed UnimplementedThermostatServer and are
 // registered with RegisterThermostatServer.
@@ -84,6 +109,10 @@ type ThermostatServer interface {
 	// SetTarget sets the target temperature, between 5 and 35 °C, and returns
 	// the previous one.
 	SetTarget(ctx context.Context, req *SetTargetRequest) (*SetTargetResponse, error)
+	// WatchReadings streams the device's readings: the current one at once,
+	// then one per interval as the temperature moves towards the target;
+	// count readings in all, or until the caller cancels when count is 0.
+	WatchReadings(ctx context.Context, req *WatchReadingsRequest, stream rpc.ServerStreamingServer[Reading]) error
 }
 
 // UnimplementedThermostatServer answers every method of ThermostatServer with
@@ -99,6 +128,11 @@ func (UnimplementedThermostatServer) GetReading(context.Context, *GetReadingRequ
 // SetTarget returns an Unimplemented error.
 func (UnimplementedThermostatServer) SetTarget(context.Context, *SetTargetRequest) (*SetTargetResponse, error) {
 	return nil, rpc.Errorf(rpc.Unimplemented, "method SetTarget not implemented")
+}
+
+// WatchReadings returns an Unimplemented error.
+func (UnimplementedThermostatServer) WatchReadings(context.Context, *WatchReadingsRequest, rpc.ServerStreamingServer[Reading]) error {
+	return rpc.Errorf(rpc.Unimplemented, "method WatchReadings not implemented")
 }
 
 // RegisterThermostatServer registers srv with s, which then serves the
@@ -135,6 +169,21 @@ var ThermostatServiceDesc = rpc.ServiceDesc{
 			NewRequest:    func() any { return new(SetTargetRequest) },
 			Handler: func(srv any, ctx context.Context, req any) (any, error) {
 				return srv.(ThermostatServer).SetTarget(ctx, req.(*SetTargetRequest))
+			},
+		},
+	},
+	Streams: []rpc.StreamDesc{
+		{
+			StreamName:    ThermostatWatchReadingsMethod,
+			TopicTemplate: rpc.DefaultTopicTemplate,
+			QoS:           rpc.QoS1,
+			ServerStreams: true,
+			Handler: func(srv any, stream rpc.ServerStream) error {
+				req := new(WatchReadingsRequest)
+				if err := stream.RecvMsg(req); err != nil {
+					return err
+				}
+				return srv.(ThermostatServer).WatchReadings(stream.Context(), req, &rpc.GenericServerStream[WatchReadingsRequest, Reading]{ServerStream: stream})
 			},
 		},
 	},

@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"sync"
+	"time"
 
 	"github.com/mqttrpc/mqttrpc/examples/internal/exampleconn"
 	"github.com/mqttrpc/mqttrpc/examples/thermostat/thermostatv1"
@@ -68,6 +70,51 @@ func (t *Thermostat) SetTarget(ctx context.Context, req *thermostatv1.SetTargetR
 	previous := t.target
 	t.target = c
 	return &thermostatv1.SetTargetResponse{PreviousCelsius: previous}, nil
+}
+
+// WatchReadings implements thermostatv1.ThermostatServer: the current
+// reading at once, then one per interval, each a step of 0.1 °C closer to
+// the target. Send waits while the caller has not read what it was sent
+// (flow control), so a slow caller slows the stream down.
+func (t *Thermostat) WatchReadings(ctx context.Context, req *thermostatv1.WatchReadingsRequest, stream rpc.ServerStreamingServer[thermostatv1.Reading]) error {
+	interval := time.Duration(req.GetIntervalMs()) * time.Millisecond
+	if interval <= 0 {
+		interval = time.Second
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for n := uint32(0); req.GetCount() == 0 || n < req.GetCount(); n++ {
+		if n > 0 {
+			select {
+			case <-ticker.C:
+			case <-ctx.Done():
+				return ctx.Err() // the caller cancelled, or the deadline passed
+			}
+			t.step()
+		}
+		reading, err := t.GetReading(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(reading); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// step moves the temperature 0.1 °C towards the target.
+func (t *Thermostat) step() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch d := t.target - t.celsius; {
+	case math.Abs(d) <= 0.1:
+		t.celsius = t.target
+	case d > 0:
+		t.celsius += 0.1
+	default:
+		t.celsius -= 0.1
+	}
 }
 
 // Serve connects to the broker as device id (with a client ID of its own,
