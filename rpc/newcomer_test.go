@@ -53,6 +53,40 @@ func TestClientsShareAConn(t *testing.T) {
 	})
 }
 
+// The last Client of a Conn to close unsubscribes the response topic; a
+// Client made on the Conn afterwards, or while that UNSUBSCRIBE is in
+// flight, subscribes again after it and gets its answers.
+func TestClientAfterTheLastClosed(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		startServer(t, b.url, &echoService{}, rpc.WithServerID("dev-1"))
+		conn := dial(t, b.url, rpc.WithClientID(uniqueID("reopen")))
+		ctx := shortCtx(t, 20*time.Second)
+		last := rpc.NewClient(conn)
+		for i := range 10 {
+			if got, err := echo(ctx, last, "x", rpc.To("dev-1")); err != nil || got != "x" {
+				t.Fatalf("round %d: %q, %v", i, got, err)
+			}
+			closed := make(chan error, 1)
+			go func(c *rpc.Client) { closed <- c.Close(ctx) }(last)
+			last = rpc.NewClient(conn) // races the UNSUBSCRIBE of the one before
+			if err := <-closed; err != nil {
+				t.Fatalf("round %d: Close: %v", i, err)
+			}
+		}
+		if got, err := echo(ctx, last, "end", rpc.To("dev-1")); err != nil || got != "end" {
+			t.Fatalf("last client: %q, %v", got, err)
+		}
+		if err := last.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		again := rpc.NewClient(conn)
+		t.Cleanup(func() { _ = again.Close(context.Background()) })
+		if got, err := echo(ctx, again, "again", rpc.To("dev-1")); err != nil || got != "again" {
+			t.Fatalf("a client after the last closed: %q, %v", got, err)
+		}
+	})
+}
+
 // A Client closed while its call waits ends that call only.
 func TestClientCloseEndsOnlyItsCalls(t *testing.T) {
 	b := newTestbroker(t)

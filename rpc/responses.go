@@ -17,10 +17,10 @@ type responseRouter struct {
 	conn  *Conn
 	topic string
 
-	subscribeMu sync.Mutex // serialises subscribing; held across one SUBSCRIBE round trip
+	subscribeMu sync.Mutex // guards subscribed and subscribeDone; never held across a round trip
 	subscribed  bool
-	// subscribeDone is closed when the SUBSCRIBE in progress ends; callers
-	// wait for it under their own context.
+	// subscribeDone is closed when the SUBSCRIBE or UNSUBSCRIBE in
+	// progress ends; others wait for it under their own context.
 	subscribeDone chan struct{}
 
 	mu          sync.Mutex
@@ -94,16 +94,39 @@ func (r *responseRouter) detach(ctx context.Context, client *Client) error {
 	if remove != nil {
 		remove()
 	}
-	r.subscribeMu.Lock()
-	defer r.subscribeMu.Unlock()
-	r.mu.Lock()
-	reopened := r.clients > 0 // a new Client came meanwhile: it keeps the subscription
-	r.mu.Unlock()
-	if reopened {
-		return nil
+	for {
+		r.subscribeMu.Lock()
+		if done := r.subscribeDone; done != nil {
+			// A SUBSCRIBE (or UNSUBSCRIBE) is in flight: the UNSUBSCRIBE
+			// goes after it, or the subscription would outlive the Clients.
+			r.subscribeMu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-ctx.Done():
+				return contextError(ctx.Err(), "waiting to unsubscribe the response topic")
+			}
+		}
+		r.mu.Lock()
+		reopened := r.clients > 0 // a new Client came meanwhile: it keeps the subscription
+		r.mu.Unlock()
+		if reopened || !r.subscribed {
+			r.subscribeMu.Unlock()
+			return nil
+		}
+		r.subscribed = false
+		done := make(chan struct{})
+		r.subscribeDone = done // a new Client's first call subscribes after it
+		r.subscribeMu.Unlock()
+
+		err := r.conn.unsubscribe(ctx, []string{r.topic})
+
+		r.subscribeMu.Lock()
+		r.subscribeDone = nil
+		r.subscribeMu.Unlock()
+		close(done)
+		return err
 	}
-	r.subscribed = false
-	return r.conn.unsubscribe(ctx, []string{r.topic})
 }
 
 // register makes a fresh correlation ID that routes responses to w.
