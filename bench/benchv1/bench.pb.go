@@ -109,6 +109,154 @@ func (x *EchoResponse) GetPayload() []byte {
 	return nil
 }
 
+type DownloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadRequest) Reset() {
+	*x = DownloadRequest{}
+	mi := &file_benchv1_bench_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadRequest) ProtoMessage() {}
+
+func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_benchv1_bench_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadRequest.ProtoReflect.Descriptor instead.
+func (*DownloadRequest) Descriptor() ([]byte, []int) {
+	return file_benchv1_bench_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DownloadRequest) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DownloadRequest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type Chunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Payload       []byte                 `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Chunk) Reset() {
+	*x = Chunk{}
+	mi := &file_benchv1_bench_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chunk) ProtoMessage() {}
+
+func (x *Chunk) ProtoReflect() protoreflect.Message {
+	mi := &file_benchv1_bench_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
+func (*Chunk) Descriptor() ([]byte, []int) {
+	return file_benchv1_bench_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Chunk) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+type UploadSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Messages      int64                  `protobuf:"varint,1,opt,name=messages,proto3" json:"messages,omitempty"`
+	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadSummary) Reset() {
+	*x = UploadSummary{}
+	mi := &file_benchv1_bench_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadSummary) ProtoMessage() {}
+
+func (x *UploadSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_benchv1_bench_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadSummary.ProtoReflect.Descriptor instead.
+func (*UploadSummary) Descriptor() ([]byte, []int) {
+	return file_benchv1_bench_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UploadSummary) GetMessages() int64 {
+	if x != nil {
+		return x.Messages
+	}
+	return 0
+}
+
+func (x *UploadSummary) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_benchv1_bench_proto protoreflect.FileDescriptor
 
 const file_benchv1_bench_proto_rawDesc = "" +
@@ -117,9 +265,20 @@ const file_benchv1_bench_proto_rawDesc = "" +
 	"\vEchoRequest\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\"(\n" +
 	"\fEchoResponse\x12\x18\n" +
-	"\apayload\x18\x01 \x01(\fR\apayload2M\n" +
+	"\apayload\x18\x01 \x01(\fR\apayload\";\n" +
+	"\x0fDownloadRequest\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\"!\n" +
+	"\x05Chunk\x12\x18\n" +
+	"\apayload\x18\x01 \x01(\fR\apayload\"A\n" +
+	"\rUploadSummary\x12\x1a\n" +
+	"\bmessages\x18\x01 \x01(\x03R\bmessages\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes2M\n" +
 	"\x04Echo\x12E\n" +
-	"\x04Echo\x12\x1d.mqttrpc.bench.v1.EchoRequest\x1a\x1e.mqttrpc.bench.v1.EchoResponseB2Z0github.com/mqttrpc/mqttrpc/bench/benchv1;benchv1b\x06proto3"
+	"\x04Echo\x12\x1d.mqttrpc.bench.v1.EchoRequest\x1a\x1e.mqttrpc.bench.v1.EchoResponse2\x98\x01\n" +
+	"\x06Stream\x12H\n" +
+	"\bDownload\x12!.mqttrpc.bench.v1.DownloadRequest\x1a\x17.mqttrpc.bench.v1.Chunk0\x01\x12D\n" +
+	"\x06Upload\x12\x17.mqttrpc.bench.v1.Chunk\x1a\x1f.mqttrpc.bench.v1.UploadSummary(\x01B2Z0github.com/mqttrpc/mqttrpc/bench/benchv1;benchv1b\x06proto3"
 
 var (
 	file_benchv1_bench_proto_rawDescOnce sync.Once
@@ -133,16 +292,23 @@ func file_benchv1_bench_proto_rawDescGZIP() []byte {
 	return file_benchv1_bench_proto_rawDescData
 }
 
-var file_benchv1_bench_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_benchv1_bench_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_benchv1_bench_proto_goTypes = []any{
-	(*EchoRequest)(nil),  // 0: mqttrpc.bench.v1.EchoRequest
-	(*EchoResponse)(nil), // 1: mqttrpc.bench.v1.EchoResponse
+	(*EchoRequest)(nil),     // 0: mqttrpc.bench.v1.EchoRequest
+	(*EchoResponse)(nil),    // 1: mqttrpc.bench.v1.EchoResponse
+	(*DownloadRequest)(nil), // 2: mqttrpc.bench.v1.DownloadRequest
+	(*Chunk)(nil),           // 3: mqttrpc.bench.v1.Chunk
+	(*UploadSummary)(nil),   // 4: mqttrpc.bench.v1.UploadSummary
 }
 var file_benchv1_bench_proto_depIdxs = []int32{
 	0, // 0: mqttrpc.bench.v1.Echo.Echo:input_type -> mqttrpc.bench.v1.EchoRequest
-	1, // 1: mqttrpc.bench.v1.Echo.Echo:output_type -> mqttrpc.bench.v1.EchoResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 1: mqttrpc.bench.v1.Stream.Download:input_type -> mqttrpc.bench.v1.DownloadRequest
+	3, // 2: mqttrpc.bench.v1.Stream.Upload:input_type -> mqttrpc.bench.v1.Chunk
+	1, // 3: mqttrpc.bench.v1.Echo.Echo:output_type -> mqttrpc.bench.v1.EchoResponse
+	3, // 4: mqttrpc.bench.v1.Stream.Download:output_type -> mqttrpc.bench.v1.Chunk
+	4, // 5: mqttrpc.bench.v1.Stream.Upload:output_type -> mqttrpc.bench.v1.UploadSummary
+	3, // [3:6] is the sub-list for method output_type
+	0, // [0:3] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -159,9 +325,9 @@ func file_benchv1_bench_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_benchv1_bench_proto_rawDesc), len(file_benchv1_bench_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   5,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_benchv1_bench_proto_goTypes,
 		DependencyIndexes: file_benchv1_bench_proto_depIdxs,

@@ -102,3 +102,136 @@ var EchoServiceDesc = rpc.ServiceDesc{
 	},
 	Metadata: "benchv1/bench.proto",
 }
+
+// StreamName is the full name of the mqttrpc.bench.v1.Stream service, the
+// {service} token of its request topics.
+const StreamName = "mqttrpc.bench.v1.Stream"
+
+// Names of the methods of the Stream service, the {method} token of their
+// request topics.
+const (
+	// StreamDownloadMethod is the name of the Stream.Download method.
+	StreamDownloadMethod = "Download"
+	// StreamUploadMethod is the name of the Stream.Upload method.
+	StreamUploadMethod = "Upload"
+)
+
+// StreamClient is a client of the mqttrpc.bench.v1.Stream service.
+//
+// Stream moves messages as streams do: the benchmark's streaming service.
+type StreamClient interface {
+	// Download sends count messages of size bytes each, then ends OK.
+	Download(ctx context.Context, req *DownloadRequest, opts ...rpc.CallOption) (rpc.ServerStreamingClient[Chunk], error)
+	// Upload takes chunks and answers with what it received.
+	Upload(ctx context.Context, opts ...rpc.CallOption) (rpc.ClientStreamingClient[Chunk, UploadSummary], error)
+}
+
+// NewStreamClient returns a client of the Stream service that calls through c.
+// The options apply to every call, before the options given to the call itself.
+func NewStreamClient(c *rpc.Client, opts ...rpc.CallOption) StreamClient {
+	return &streamClient{
+		download: c.Stub(&StreamServiceDesc, StreamDownloadMethod, opts...),
+		upload:   c.Stub(&StreamServiceDesc, StreamUploadMethod, opts...),
+	}
+}
+
+// streamClient implements StreamClient with one stub per method.
+type streamClient struct {
+	download *rpc.Stub
+	upload   *rpc.Stub
+}
+
+// Download calls mqttrpc.bench.v1.Stream.Download.
+func (c *streamClient) Download(ctx context.Context, req *DownloadRequest, opts ...rpc.CallOption) (rpc.ServerStreamingClient[Chunk], error) {
+	stream, err := c.download.NewStream(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &rpc.GenericClientStream[DownloadRequest, Chunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(req); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// Upload calls mqttrpc.bench.v1.Stream.Upload.
+func (c *streamClient) Upload(ctx context.Context, opts ...rpc.CallOption) (rpc.ClientStreamingClient[Chunk, UploadSummary], error) {
+	stream, err := c.upload.NewStream(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &rpc.GenericClientStream[Chunk, UploadSummary]{ClientStream: stream}
+	return x, nil
+}
+
+// StreamServer is the server API of the mqttrpc.bench.v1.Stream service.
+// Implementations embed UnimplementedStreamServer and are registered with
+// RegisterStreamServer.
+//
+// Stream moves messages as streams do: the benchmark's streaming service.
+type StreamServer interface {
+	// Download sends count messages of size bytes each, then ends OK.
+	Download(ctx context.Context, req *DownloadRequest, stream rpc.ServerStreamingServer[Chunk]) error
+	// Upload takes chunks and answers with what it received.
+	Upload(ctx context.Context, stream rpc.ClientStreamingServer[Chunk, UploadSummary]) error
+}
+
+// UnimplementedStreamServer answers every method of StreamServer with an
+// Unimplemented error. Embed it by value in implementations, so that they keep
+// compiling when methods are added to the service.
+type UnimplementedStreamServer struct{}
+
+// Download returns an Unimplemented error.
+func (UnimplementedStreamServer) Download(context.Context, *DownloadRequest, rpc.ServerStreamingServer[Chunk]) error {
+	return rpc.Errorf(rpc.Unimplemented, "method Download not implemented")
+}
+
+// Upload returns an Unimplemented error.
+func (UnimplementedStreamServer) Upload(context.Context, rpc.ClientStreamingServer[Chunk, UploadSummary]) error {
+	return rpc.Errorf(rpc.Unimplemented, "method Upload not implemented")
+}
+
+// RegisterStreamServer registers srv with s, which then serves the Stream
+// service's requests. The options apply to this service only. Like
+// rpc.Server.RegisterService, it panics on programming errors.
+func RegisterStreamServer(s *rpc.Server, srv StreamServer, opts ...rpc.ServiceOption) {
+	s.RegisterService(&StreamServiceDesc, srv, opts...)
+}
+
+// StreamServiceDesc describes the Stream service for rpc.Server.RegisterService
+// and rpc.Client.Stub, with the topic template, QoS and idempotency of each
+// method resolved from the .proto options. RegisterStreamServer and
+// NewStreamClient use it; it is not meant to be modified.
+var StreamServiceDesc = rpc.ServiceDesc{
+	ServiceName: StreamName,
+	HandlerType: (*StreamServer)(nil),
+	Methods:     []rpc.MethodDesc{},
+	Streams: []rpc.StreamDesc{
+		{
+			StreamName:    StreamDownloadMethod,
+			TopicTemplate: rpc.DefaultTopicTemplate,
+			QoS:           rpc.QoS1,
+			ServerStreams: true,
+			Handler: func(srv any, stream rpc.ServerStream) error {
+				req := new(DownloadRequest)
+				if err := stream.RecvMsg(req); err != nil {
+					return err
+				}
+				return srv.(StreamServer).Download(stream.Context(), req, &rpc.GenericServerStream[DownloadRequest, Chunk]{ServerStream: stream})
+			},
+		},
+		{
+			StreamName:    StreamUploadMethod,
+			TopicTemplate: rpc.DefaultTopicTemplate,
+			QoS:           rpc.QoS1,
+			ClientStreams: true,
+			Handler: func(srv any, stream rpc.ServerStream) error {
+				return srv.(StreamServer).Upload(stream.Context(), &rpc.GenericServerStream[Chunk, UploadSummary]{ServerStream: stream})
+			},
+		},
+	},
+	Metadata: "benchv1/bench.proto",
+}
