@@ -34,8 +34,10 @@ type Client struct {
 	retry         RetryPolicy
 	maxPayload    int
 	streamWindow  int // credit granted to a stream's server
-	logger        *slog.Logger
-	err           error // a bad option: every call fails with it
+	// streamKeepalive is the keepalive interval of streams; 0: none.
+	streamKeepalive time.Duration
+	logger          *slog.Logger
+	err             error // a bad option: every call fails with it
 
 	// responseChans recycles the reply channels of unary calls.
 	responseChans sync.Pool
@@ -48,6 +50,7 @@ type clientConfig struct {
 	retry          RetryPolicy
 	maxPayload     int
 	streamWindow   int
+	keepalive      time.Duration
 	logger         *slog.Logger
 	errs           []error // options given bad values
 }
@@ -57,19 +60,20 @@ type clientConfig struct {
 // given a bad value (WithDefaultTimeout(0), say) makes every call fail with
 // InvalidArgument naming it.
 func NewClient(conn *Conn, opts ...ClientOption) *Client {
-	cfg := clientConfig{defaultTimeout: defaultTimeout, maxPayload: defaultMaxPayload, streamWindow: DefaultStreamWindow, logger: conn.logger}
+	cfg := clientConfig{defaultTimeout: defaultTimeout, maxPayload: defaultMaxPayload, streamWindow: DefaultStreamWindow, keepalive: DefaultStreamKeepalive, logger: conn.logger}
 	for _, o := range opts {
 		o.applyToClient(&cfg)
 	}
 	c := &Client{
-		conn:          conn,
-		responseTopic: DefaultResponsePrefix + conn.clientID,
-		interceptors:  cfg.interceptors,
-		timeout:       cfg.defaultTimeout,
-		retry:         cfg.retry,
-		maxPayload:    cfg.maxPayload,
-		streamWindow:  cfg.streamWindow,
-		logger:        cfg.logger,
+		conn:            conn,
+		responseTopic:   DefaultResponsePrefix + conn.clientID,
+		interceptors:    cfg.interceptors,
+		timeout:         cfg.defaultTimeout,
+		retry:           cfg.retry,
+		maxPayload:      cfg.maxPayload,
+		streamWindow:    cfg.streamWindow,
+		streamKeepalive: cfg.keepalive,
+		logger:          cfg.logger,
 	}
 	if len(cfg.errs) > 0 {
 		c.err = cfg.errs[0]

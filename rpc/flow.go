@@ -176,3 +176,10 @@ func (q *recvQueue) pop(ctx context.Context) (p *paho.Publish, end bool, grant i
 		}
 	}
 }
+
+// credit returns the credit granted so far.
+func (q *recvQueue) credit() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.granted
+}

@@ -284,6 +284,23 @@ func WithStreamWindow(n int) ClientServerOption {
 	return streamWindowOption{min(n, maxCredit)}
 }
 
+// WithStreamKeepalive sets the keepalive interval of the client's
+// streams, sent in each open (mqttrpc-keepalive): both sides send a
+// message at least that often, and a side that hears nothing from the
+// other for three intervals ends the stream, the client with Unavailable,
+// the server by ending the handler's context. So a stream whose peer died
+// (a killed process, a lost connection) ends within three intervals, not
+// at its deadline. 0 turns liveness off. Default: DefaultStreamKeepalive
+// (5 s); servers take at least 50 ms whatever the client asks.
+func WithStreamKeepalive(d time.Duration) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) {
+		c.keepalive = d
+		if d < 0 {
+			c.errs = append(c.errs, Errorf(InvalidArgument, "WithStreamKeepalive(%v): the interval must not be negative", d))
+		}
+	})
+}
+
 type maxPayloadOption struct{ n int }
 
 func (o maxPayloadOption) applyToClient(c *clientConfig) {

@@ -8,6 +8,7 @@ package rpc
 import (
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -16,10 +17,11 @@ import (
 
 // Property names of streams (MQTT user properties).
 const (
-	propSeq    = "mqttrpc-seq"
-	propCredit = "mqttrpc-credit"
-	propWindow = "mqttrpc-window"
-	propEnd    = "mqttrpc-end"
+	propSeq       = "mqttrpc-seq"
+	propCredit    = "mqttrpc-credit"
+	propWindow    = "mqttrpc-window"
+	propEnd       = "mqttrpc-end"
+	propKeepalive = "mqttrpc-keepalive"
 )
 
 const (
@@ -104,17 +106,24 @@ func parseCount(s string) int64 {
 	return n
 }
 
-// openWindow reads the credit a stream's open grants: mqttrpc-window,
-// openWindowDefault when it is absent or malformed.
-func openWindow(p *paho.Publish) int64 {
+// readOpen reads what a stream's open asks for: the credit it grants
+// (mqttrpc-window, openWindowDefault when absent or malformed) and the
+// keepalive interval (mqttrpc-keepalive, 0 when absent: no liveness).
+func readOpen(p *paho.Publish) (window int64, keepalive time.Duration) {
+	window = openWindowDefault
 	for _, u := range p.Properties.User {
-		if u.Key == propWindow {
+		switch u.Key {
+		case propWindow:
 			if n := parseCount(u.Value); n >= 0 {
-				return n
+				window = n
+			}
+		case propKeepalive:
+			if ms := parseCount(u.Value); ms > 0 {
+				keepalive = max(time.Duration(ms)*time.Millisecond, minStreamKeepalive)
 			}
 		}
 	}
-	return openWindowDefault
+	return window, keepalive
 }
 
 // streamEnvelope is what every message of one stream in one direction

@@ -71,11 +71,15 @@ const (
 	// DropCanceled: the caller canceled the call (a cancel message) before
 	// it was answered; the handler's context ended, or it never ran.
 	DropCanceled
+	// DropSilentPeer: the caller of a stream sent nothing, not even its
+	// keepalive, for three keepalive intervals; the handler's context
+	// ended with Unavailable.
+	DropSilentPeer
 	numDropReasons
 	statServed = numDropReasons
 )
 
-var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered", "canceled"}
+var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered", "canceled", "silent_peer"}
 
 // String returns the reason as a snake_case word, for logs and metrics.
 func (r DropReason) String() string {

@@ -103,6 +103,7 @@ type clientStream struct {
 	ended       bool
 	watching    bool // the watcher started: wait for watchDone
 	openSent    bool
+	live        *liveness // the keepalive, started with the open
 
 	// The sending goroutine's.
 	sendSeq    int64
@@ -166,6 +167,9 @@ func (st *clientStream) publishOpen(req any) error {
 	}
 	p := &out.publish
 	p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: propWindow, Value: strconv.Itoa(c.streamWindow)})
+	if c.streamKeepalive > 0 {
+		p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: propKeepalive, Value: strconv.FormatInt(c.streamKeepalive.Milliseconds(), 10)})
+	}
 	p.Properties.CorrelationData = st.corr[:]
 	st.env.topic = p.Topic
 	st.mu.Lock()
@@ -174,7 +178,24 @@ func (st *clientStream) publishOpen(req any) error {
 	if err := c.publishWithRetry(st.ctx, p, timeoutProp); err != nil {
 		return st.localError(err)
 	}
+	if c.streamKeepalive > 0 {
+		st.mu.Lock()
+		if !st.ended {
+			st.live = startLiveness(c.streamKeepalive, st.ping, func() {
+				st.breakWith(Errorf(Unavailable, "the server of the stream was silent for %v", silenceFactor*c.streamKeepalive))
+			})
+		}
+		st.mu.Unlock()
+	}
 	return nil
+}
+
+// ping is the keepalive: a credit message that repeats the credit granted.
+func (st *clientStream) ping() {
+	p := st.message(creditProps(st.recv.credit(), ""), nil)
+	if err := st.client.conn.publish(st.ctx, p); err != nil {
+		st.client.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", p.Topic, "error", err)
+	}
 }
 
 // onContextDone runs when the stream's context ends first: a cancelled
@@ -265,6 +286,10 @@ func (st *clientStream) end(err error) {
 			st.mu.Unlock()
 		}
 		st.cancel()
+		st.mu.Lock()
+		live := st.live
+		st.mu.Unlock()
+		live.close()
 		st.pubs.Wait()
 		close(st.done)
 	})
@@ -297,7 +322,9 @@ func (st *clientStream) publishAsync(p *paho.Publish) error {
 		return st.sendError()
 	}
 	st.pubs.Add(1)
+	live := st.live
 	st.mu.Unlock()
+	live.sent()
 	go func() {
 		defer st.pubs.Done()
 		err := st.client.conn.publish(st.ctx, p)
@@ -335,7 +362,9 @@ func (st *clientStream) deliver(p *paho.Publish) {
 	if first {
 		st.gotFirst = true
 	}
+	live := st.live
 	st.mu.Unlock()
+	live.heard()
 	if first {
 		if err := st.accept(sp.target); err != nil {
 			st.breakWith(err)

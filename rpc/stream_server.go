@@ -6,6 +6,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime/debug"
@@ -31,6 +32,7 @@ type serverStream struct {
 	credit *sendCredit
 	slots  chan struct{}  // publishes in flight
 	pubs   sync.WaitGroup // publish goroutines; Add under mu while !ended
+	live   *liveness      // nil when the caller asked for no keepalive
 
 	mu       sync.Mutex
 	ended    bool
@@ -65,6 +67,9 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 		s.respond(ctx, req, call, cd, nil, Errorf(InvalidArgument, "a client or bidirectional stream needs CorrelationData to name it"))
 		return
 	}
+	window, keepalive := readOpen(p)
+	ctx, silenced := context.WithCancelCause(ctx)
+	defer silenced(nil)
 	st := &serverStream{
 		s:      s,
 		req:    req,
@@ -73,7 +78,7 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 		codec:  cd,
 		ctx:    ctx,
 		env:    streamEnvelope{qos: p.QoS, topic: props.ResponseTopic, correlationData: props.CorrelationData, contentType: responseContentType(cd)},
-		credit: newSendCredit(openWindow(p), s.cfg.onCreditWait),
+		credit: newSendCredit(window, s.cfg.onCreditWait),
 		slots:  make(chan struct{}, maxInflightPublishes),
 	}
 	if t := req.values.target; (t == TargetAny || t == TargetAll) && s.cfg.serverID != "" {
@@ -81,6 +86,12 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 	}
 	if desc.ClientStreams {
 		st.recv = newRecvQueue(int64(s.cfg.streamWindow))
+	}
+	if keepalive > 0 { // before st is shared: streamMessage reads st.live
+		st.live = startLiveness(keepalive, st.ping, func() {
+			s.count(DropSilentPeer, p.Topic)
+			silenced(Errorf(Unavailable, "the caller of the stream was silent for %v", silenceFactor*keepalive))
+		})
 	}
 	if key != "" {
 		s.streamsMu.Lock()
@@ -104,6 +115,7 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 			s.count(DropResponseFailed, p.Topic)
 			s.cfg.logger.Warn("mqttrpc: accepting a stream failed", "topic", p.Topic, "error", err)
 			s.dedup.finishEntry(req.dedupEntry, nil)
+			st.live.close()
 			return
 		}
 	}
@@ -151,6 +163,9 @@ func (st *serverStream) finish(handlerErr error) {
 		s.count(DropResponseFailed, p.Topic)
 		return // a message is missing: the caller sees the stream stall, then its deadline
 	}
+	if cause := context.Cause(st.ctx); st.ctx.Err() != nil && CodeOf(cause) == Unavailable {
+		handlerErr = cause // the caller went silent: if it hears us, it learns why
+	}
 	var rpcErr *Error
 	if handlerErr != nil {
 		rpcErr = asError(handlerErr)
@@ -187,8 +202,20 @@ func (st *serverStream) finish(handlerErr error) {
 	s.stats.add(statServed)
 }
 
+// ping is the keepalive: a credit message that repeats the credit granted.
+func (st *serverStream) ping() {
+	var credit int64
+	if st.recv != nil {
+		credit = st.recv.credit()
+	}
+	if err := st.s.publish(st.ctx, st.env.message(st.expiry(), creditProps(credit, st.target), nil)); err != nil {
+		st.s.cfg.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", st.env.topic, "error", err)
+	}
+}
+
 // wait stops new publishes and waits for those in flight.
 func (st *serverStream) wait() {
+	st.live.close()
 	st.mu.Lock()
 	st.ended = true
 	st.mu.Unlock()
@@ -226,6 +253,7 @@ func (s *Server) streamMessage(p *paho.Publish) {
 	if st == nil {
 		return
 	}
+	st.live.heard()
 	sp := readStreamProps(p)
 	if sp.credit >= 0 {
 		st.credit.grant(sp.credit)
@@ -251,6 +279,9 @@ func (st *serverStream) ResponseTrailer() Metadata {
 // contextError is what Send and Receive return once the handler's
 // context has ended.
 func (st *serverStream) contextError() error {
+	if cause := context.Cause(st.ctx); cause != nil && !errors.Is(cause, st.ctx.Err()) {
+		return cause // the caller went silent
+	}
 	return contextError(st.ctx.Err(), "stream")
 }
 
@@ -311,6 +342,7 @@ func (st *serverStream) publishAsync(p *paho.Publish) error {
 	}
 	st.pubs.Add(1)
 	st.mu.Unlock()
+	st.live.sent()
 	go func() {
 		defer st.pubs.Done()
 		err := st.s.publish(st.ctx, p)

@@ -1,0 +1,113 @@
+package rpc_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// blockingCount is a Count handler that sends one message and waits for
+// its context, reporting how it ended.
+func blockingCount(ended chan<- error) func(ctx context.Context, req *wrapperspb.Int64Value, stream rpc.ServerStreamingServer[wrapperspb.Int64Value]) error {
+	return func(ctx context.Context, req *wrapperspb.Int64Value, stream rpc.ServerStreamingServer[wrapperspb.Int64Value]) error {
+		if err := stream.Send(wrapperspb.Int64(0)); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		ended <- context.Cause(ctx)
+		return ctx.Err()
+	}
+}
+
+// A stream whose server goes silent ends with Unavailable after three
+// keepalive intervals, long before its deadline; one whose caller goes
+// silent ends the handler's context with Unavailable as its cause.
+func TestStreamLiveness(t *testing.T) {
+	t.Parallel()
+	const keepalive = 100 * time.Millisecond
+	t.Run("server silent", func(t *testing.T) {
+		t.Parallel()
+		b := newTestbroker(t)
+		ended := make(chan error, 1)
+		startStreamServer(t, b.url, &streamService{count: blockingCount(ended)}, rpc.WithServerID("dev-1"))
+		client := newClient(t, b.url, rpc.WithStreamKeepalive(keepalive))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream := openCount(t, ctx, client, 1, rpc.To("dev-1"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		b.tb.DropPublishes(client.ResponseTopic(), 0) // the server's keepalives no longer arrive
+		_, err := stream.Recv()
+		wantCode(t, err, rpc.Unavailable)
+		if !contains(err.Error(), "silent") {
+			t.Errorf("error %q does not say the server was silent", err)
+		}
+		b.tb.ClearFaults()
+		cancel() // the handler's context ends by the cancel message
+		<-ended
+	})
+	t.Run("caller silent", func(t *testing.T) {
+		t.Parallel()
+		b := newTestbroker(t)
+		ended := make(chan error, 1)
+		srv := startStreamServer(t, b.url, &streamService{count: blockingCount(ended)}, rpc.WithServerID("dev-1"))
+		client := newClient(t, b.url, rpc.WithStreamKeepalive(keepalive))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream := openCount(t, ctx, client, 1, rpc.To("dev-1"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		b.tb.DropPublishes("mqttrpc/"+streamServiceName+"/dev-1/Count", 0) // the caller's keepalives no longer arrive
+		select {
+		case cause := <-ended:
+			if rpc.CodeOf(cause) != rpc.Unavailable {
+				t.Errorf("the handler's context ended with cause %v, want Unavailable", cause)
+			}
+		case <-ctx.Done():
+			t.Fatal("the handler's context did not end: the caller's silence went unnoticed")
+		}
+		waitFor(t, func() bool { return srv.Stats().Dropped[rpc.DropSilentPeer] == 1 })
+		// The server tells the caller why, which hears it.
+		_, err := stream.Recv()
+		wantCode(t, err, rpc.Unavailable)
+	})
+}
+
+// A stream whose server's connection is gone (its process killed) ends
+// with Unavailable on the caller's side within three keepalive intervals,
+// on both brokers.
+func TestStreamServerGone(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		ended := make(chan error, 1)
+		conn := dial(t, b.url, rpc.WithClientID(uniqueID("server")))
+		srv := rpc.NewServer(conn, rpc.WithServerID("dev-1"))
+		srv.RegisterService(&streamDesc, &streamService{count: blockingCount(ended)})
+		if err := srv.Start(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		client := newClient(t, b.url, rpc.WithStreamKeepalive(100*time.Millisecond))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream := openCount(t, ctx, client, 1, rpc.To("dev-1"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		_, err := stream.Recv()
+		wantCode(t, err, rpc.Unavailable)
+		// The server hears nobody either: its handler's context ends.
+		if cause := <-ended; rpc.CodeOf(cause) != rpc.Unavailable && !errors.Is(cause, context.Canceled) {
+			t.Errorf("the handler's context ended with %v", cause)
+		}
+		_ = srv.Shutdown(context.Background())
+	})
+}
