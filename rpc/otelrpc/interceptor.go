@@ -21,7 +21,9 @@ import (
 // instrumentationName names the tracer and meter.
 const instrumentationName = "github.com/mqttrpc/mqttrpc/rpc/otelrpc"
 
-// Interceptor is an rpc.Interceptor that traces and measures unary calls.
+// Interceptor is an rpc.Interceptor that traces and measures calls: a
+// span per unary call and per stream (with an event per message), the
+// call duration and the calls in flight.
 // Give the same Interceptor to clients and servers (rpc.WithInterceptors);
 // it tells the sides apart by rpc.Call.IsClient. It is safe for concurrent
 // use.
@@ -71,18 +73,6 @@ func NewInterceptor(opts ...Option) (*Interceptor, error) {
 // values for a metric attribute.
 func (i *Interceptor) DropHook() func(reason rpc.DropReason, topic string) {
 	return i.dropped.count
-}
-
-// WrapStreamingClient implements rpc.Interceptor. Streams get a span per
-// stream with message events once the runtime serves them; until then it
-// returns next.
-func (i *Interceptor) WrapStreamingClient(next rpc.StreamingClientFunc) rpc.StreamingClientFunc {
-	return next
-}
-
-// WrapStreamingHandler implements rpc.Interceptor; see WrapStreamingClient.
-func (i *Interceptor) WrapStreamingHandler(next rpc.StreamingHandlerFunc) rpc.StreamingHandlerFunc {
-	return next
 }
 
 // WrapUnary implements rpc.Interceptor.
