@@ -6,7 +6,9 @@
 // embedded testbroker), serves device dev-7 on it and runs each client as a
 // subprocess: a target set, a reading that reflects it, an out-of-range
 // target answered InvalidArgument (3), and, for the scripts, a target nobody
-// serves.
+// serves. watch.py consumes the WatchReadings server stream from Python
+// paho-mqtt, ordering by sequence number and granting credit; the test runs
+// it on both brokers.
 //
 // Install the clients, then run the test from the repository root:
 //
