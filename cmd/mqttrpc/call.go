@@ -1,0 +1,456 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// rpcFailure is a call that failed with an RPC error: the exit status is
+// 64 + its code.
+type rpcFailure struct{ err *rpc.Error }
+
+func (f *rpcFailure) Error() string { return f.err.Error() }
+
+// callFlags are the flags of call and broadcast.
+type callFlags struct {
+	target  string
+	any     bool
+	data    string
+	headers listFlag
+	timeout time.Duration
+	qos     int
+}
+
+func (c *callFlags) register(fs *flag.FlagSet, unicast bool) {
+	if unicast {
+		fs.StringVar(&c.target, "t", "", "the `ID` of the server to call")
+		fs.BoolVar(&c.any, "any", false, "call any one server of the service's share group (target _any)")
+		fs.IntVar(&c.qos, "qos", -1, "QoS `0|1|2` of the request (default: the method's, 1 unless its proto option says otherwise)")
+	}
+	fs.StringVar(&c.data, "d", "", "the request as JSON, @FILE to read it from a file, @- from stdin (default {}); for a client stream, JSON objects one per line")
+	fs.Var(&c.headers, "H", "request metadata `key=value` (repeatable)")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "the call's `deadline`")
+}
+
+// parse parses a command's flags and its one SERVICE/METHOD argument.
+func parseCommand(name string, args []string, stderr io.Writer, register func(*flag.FlagSet)) (string, error) {
+	fs := flag.NewFlagSet("mqttrpc "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	register(fs)
+	if err := fs.Parse(args); err != nil {
+		return "", usagef("%s: %v", name, err)
+	}
+	if fs.NArg() != 1 {
+		return "", usagef("%s takes one SERVICE/METHOD after its flags (got %d arguments)", name, fs.NArg())
+	}
+	return fs.Arg(0), nil
+}
+
+func (c *callFlags) options() ([]rpc.CallOption, error) {
+	var opts []rpc.CallOption
+	if len(c.headers) > 0 {
+		md := rpc.Metadata{}
+		for _, h := range c.headers {
+			k, v, ok := strings.Cut(h, "=")
+			if !ok || k == "" {
+				return nil, usagef("-H %q: want key=value", h)
+			}
+			md.Add(k, v)
+		}
+		opts = append(opts, rpc.WithMetadata(md))
+	}
+	if c.qos >= 0 {
+		if c.qos > 2 {
+			return nil, usagef("--qos %d: MQTT has QoS 0, 1 and 2", c.qos)
+		}
+		opts = append(opts, rpc.WithQoS(rpc.QoS(c.qos)))
+	}
+	if c.timeout <= 0 {
+		return nil, usagef("--timeout %v: a call needs a positive deadline", c.timeout)
+	}
+	return opts, nil
+}
+
+// readData returns the text of -d.
+func (a *app) readData(data string) ([]byte, error) {
+	switch {
+	case data == "":
+		return []byte("{}"), nil
+	case data == "@-":
+		b, err := io.ReadAll(a.stdin)
+		if err != nil {
+			return nil, fmt.Errorf("reading the request from stdin: %v", err)
+		}
+		return b, nil
+	case strings.HasPrefix(data, "@"):
+		b, err := os.ReadFile(data[1:])
+		if err != nil {
+			return nil, fmt.Errorf("-d %s: %v", data, err)
+		}
+		return b, nil
+	}
+	return []byte(data), nil
+}
+
+// decodeRequest parses one JSON request of method m.
+func (s *schema) decodeRequest(m protoreflect.MethodDescriptor, text []byte) (*dynamicpb.Message, error) {
+	msg := dynamicpb.NewMessage(m.Input())
+	if err := (protojson.UnmarshalOptions{Resolver: s.types}).Unmarshal(text, msg); err != nil {
+		return nil, usagef("the request is not a %s in JSON: %v", m.Input().FullName(), err)
+	}
+	return msg, nil
+}
+
+// print writes one message in the output format: indented JSON, or one
+// line of JSON in a stream (line), or protobuf text.
+func (a *app) print(s *schema, m proto.Message, line bool) error {
+	var out []byte
+	var err error
+	switch a.globals.output {
+	case "text":
+		out, err = prototext.MarshalOptions{Multiline: !line, Resolver: s.types}.Marshal(m)
+		out = respaceText(out)
+	default:
+		out, err = s.json(m, !line)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(a.stdout, "%s\n", bytes.TrimRight(out, "\n"))
+	return err
+}
+
+// respaceText undoes the extra space that prototext, like protojson, puts
+// after a field name's colon at random: "name:  value" becomes
+// "name: value". A colon inside a quoted value is left alone.
+func respaceText(text []byte) []byte {
+	lines := bytes.Split(text, []byte("\n"))
+	for i, l := range lines {
+		if j := bytes.Index(l, []byte(":  ")); j >= 0 {
+			if q := bytes.IndexByte(l, '"'); q < 0 || j < q {
+				lines[i] = append(l[:j+1:j+1], l[j+2:]...)
+			}
+		}
+	}
+	return bytes.Join(lines, []byte("\n"))
+}
+
+// json encodes m as protobuf's JSON, indented or on one line. protojson
+// varies its spacing on purpose (so that nobody compares its bytes); the
+// output is re-spaced by encoding/json, so that it is the same every time
+// and scripts and golden files can rely on it.
+func (s *schema) json(m proto.Message, indent bool) ([]byte, error) {
+	out, err := protojson.MarshalOptions{Resolver: s.types}.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if indent {
+		err = json.Indent(&buf, out, "", "  ")
+	} else {
+		err = json.Compact(&buf, out)
+	}
+	return buf.Bytes(), err
+}
+
+// call runs the call command.
+func (a *app) call(ctx context.Context, args []string) error {
+	var f callFlags
+	name, err := parseCommand("call", args, a.stderr, func(fs *flag.FlagSet) { f.register(fs, true) })
+	if err != nil {
+		return err
+	}
+	if err := a.checkOutput(); err != nil {
+		return err
+	}
+	switch {
+	case f.target != "" && f.any:
+		return usagef("call: give -t TARGET or --any, not both")
+	case f.target == "" && !f.any:
+		return usagef("call: whom to call? give -t TARGET (a server ID) or --any (one server of the share group)")
+	}
+	opts, err := f.options()
+	if err != nil {
+		return err
+	}
+	if f.any {
+		opts = append(opts, rpc.ToAny())
+	} else {
+		opts = append(opts, rpc.To(f.target))
+	}
+	s, err := a.loadSchema(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := s.method(name)
+	if err != nil {
+		return err
+	}
+	desc, err := serviceDesc(m.Parent().(protoreflect.ServiceDescriptor))
+	if err != nil {
+		return err
+	}
+	text, err := a.readData(f.data)
+	if err != nil {
+		return err
+	}
+	var req *dynamicpb.Message
+	if !m.IsStreamingClient() {
+		if req, err = s.decodeRequest(m, text); err != nil {
+			return err
+		}
+	}
+	conn, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	client := rpc.NewClient(conn)
+	defer func() { _ = client.Close(context.Background()) }()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	stub := client.Stub(desc, string(m.Name()))
+	if m.IsStreamingClient() || m.IsStreamingServer() {
+		return a.stream(ctx, s, m, stub, req, text, opts)
+	}
+	var md rpc.Metadata
+	resp := dynamicpb.NewMessage(m.Output())
+	opts = append(opts, rpc.ResponseMetadata(&md))
+	if err := stub.Invoke(ctx, req, resp, opts...); err != nil {
+		return asFailure(err)
+	}
+	a.printMetadata("response metadata", md)
+	return a.print(s, resp, false)
+}
+
+// stream runs a streaming method: the request (server streaming) or JSON
+// lines of stdin or -d (client and bidi streaming) go out, each message
+// that comes back is printed on a line of its own as it arrives.
+func (a *app) stream(ctx context.Context, s *schema, m protoreflect.MethodDescriptor, stub *rpc.Stub, req *dynamicpb.Message, text []byte, opts []rpc.CallOption) error {
+	stream, err := stub.NewStream(ctx, opts...)
+	if err != nil {
+		return asFailure(err)
+	}
+	sendErr := make(chan error, 1)
+	if m.IsStreamingClient() {
+		go func() { sendErr <- a.sendLines(s, m, stream, text) }()
+	} else {
+		if err := stream.SendMsg(req); err != nil {
+			return asFailure(err)
+		}
+		sendErr <- nil
+	}
+	for {
+		resp := dynamicpb.NewMessage(m.Output())
+		err := stream.RecvMsg(resp)
+		if errors.Is(err, io.EOF) {
+			a.printMetadata("trailers", stream.Trailer())
+			return <-sendErr
+		}
+		if err != nil {
+			a.printMetadata("trailers", stream.Trailer())
+			if serr := <-sendErr; serr != nil && rpc.CodeOf(err) == rpc.Canceled {
+				return serr
+			}
+			return asFailure(err)
+		}
+		// A server's many messages one per line; a client stream's one
+		// answer as a unary call's.
+		if err := a.print(s, resp, m.IsStreamingServer()); err != nil {
+			return err
+		}
+	}
+}
+
+// sendLines sends the JSON objects of text, one per line (text is -d's; a
+// client stream with no -d reads stdin), then half-closes.
+func (a *app) sendLines(s *schema, m protoreflect.MethodDescriptor, stream rpc.ClientStream, text []byte) error {
+	var r io.Reader = a.stdin
+	if len(text) > 0 && string(text) != "{}" {
+		r = strings.NewReader(string(text))
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		msg, err := s.decodeRequest(m, []byte(line))
+		if err != nil {
+			_ = stream.CloseReceive()
+			return usagef("line %d: %v", n, err)
+		}
+		if err := stream.SendMsg(msg); err != nil {
+			return nil // the stream ended: RecvMsg reports why
+		}
+	}
+	if err := sc.Err(); err != nil {
+		_ = stream.CloseReceive()
+		return fmt.Errorf("reading the stream's messages: %v", err)
+	}
+	_ = stream.CloseSend()
+	return nil
+}
+
+// broadcast runs the broadcast command: one JSON line per answer, as it
+// arrives, each with the server that gave it.
+func (a *app) broadcast(ctx context.Context, args []string) error {
+	var f callFlags
+	name, err := parseCommand("broadcast", args, a.stderr, func(fs *flag.FlagSet) { f.register(fs, false) })
+	if err != nil {
+		return err
+	}
+	if err := a.checkOutput(); err != nil {
+		return err
+	}
+	opts, err := f.options()
+	if err != nil {
+		return err
+	}
+	s, err := a.loadSchema(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := s.method(name)
+	if err != nil {
+		return err
+	}
+	if m.IsStreamingClient() || m.IsStreamingServer() {
+		return usagef("broadcast: %s is a streaming method; broadcast calls unary methods", m.FullName())
+	}
+	desc, err := serviceDesc(m.Parent().(protoreflect.ServiceDescriptor))
+	if err != nil {
+		return err
+	}
+	text, err := a.readData(f.data)
+	if err != nil {
+		return err
+	}
+	req, err := s.decodeRequest(m, text)
+	if err != nil {
+		return err
+	}
+	conn, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	client := rpc.NewClient(conn)
+	defer func() { _ = client.Close(context.Background()) }()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	stub := client.Stub(desc, string(m.Name()))
+	answers := 0
+	for r := range stub.Broadcast(ctx, req, func() any { return dynamicpb.NewMessage(m.Output()) }, opts...) {
+		if r.Target == "" && r.Err != nil {
+			return asFailure(r.Err) // the broadcast was not published
+		}
+		answers++
+		if err := a.printReply(s, r); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(a.stderr, "%d answers within %v\n", answers, f.timeout)
+	return nil
+}
+
+// printReply prints one broadcast answer as a line:
+// {"server": ID, "response": …} or {"server": ID, "error": {"code": …, "message": …}}.
+func (a *app) printReply(s *schema, r rpc.BroadcastReply) error {
+	if r.Err != nil {
+		e := asError(r.Err)
+		_, err := fmt.Fprintf(a.stdout, "{\"server\":%q,\"error\":{\"code\":%q,\"message\":%q}}\n", r.Target, e.Code().String(), e.Message())
+		return err
+	}
+	msg, ok := r.Response.(proto.Message)
+	if !ok {
+		return fmt.Errorf("server %s: the response is not a message", r.Target)
+	}
+	body, err := s.json(msg, false)
+	if err != nil {
+		return err
+	}
+	if a.globals.output == "text" {
+		text, _ := prototext.MarshalOptions{Resolver: s.types}.Marshal(msg)
+		text = respaceText(text)
+		_, err = fmt.Fprintf(a.stdout, "%s: %s\n", r.Target, text)
+		return err
+	}
+	_, err = fmt.Fprintf(a.stdout, "{\"server\":%q,\"response\":%s}\n", r.Target, body)
+	return err
+}
+
+func (a *app) checkOutput() error {
+	switch a.globals.output {
+	case "json", "text":
+		return nil
+	}
+	return usagef("-o %q: the formats are json and text", a.globals.output)
+}
+
+// printRPCError writes an RPC error as grpcurl does: the code and message,
+// then the error's metadata.
+func (a *app) printRPCError(e *rpc.Error) {
+	fmt.Fprintf(a.stderr, "%s: %s\n", e.Code(), e.Message())
+	a.printMetadataAlways(e.Meta())
+}
+
+// printMetadata writes md on stderr with -v.
+func (a *app) printMetadata(what string, md rpc.Metadata) {
+	if !a.globals.verbose || len(md) == 0 {
+		return
+	}
+	fmt.Fprintf(a.stderr, "%s:\n", what)
+	a.printMetadataAlways(md)
+}
+
+func (a *app) printMetadataAlways(md rpc.Metadata) {
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, v := range md[k] {
+			fmt.Fprintf(a.stderr, "  %s: %s\n", k, v)
+		}
+	}
+}
+
+// asFailure makes err the failure of a call.
+func asFailure(err error) error {
+	return &rpcFailure{err: asError(err)}
+}
+
+func asError(err error) *rpc.Error {
+	var e *rpc.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return rpc.NewError(rpc.CodeOf(err), err)
+}
+
+func closeConn(conn *rpc.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = conn.Close(ctx)
+}

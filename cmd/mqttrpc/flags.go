@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// defaultBroker is where mqttrpc connects without --broker or
+// MQTTRPC_BROKER.
+const defaultBroker = "mqtt://127.0.0.1:1883"
+
+// globalFlags are the flags before the command.
+type globalFlags struct {
+	broker, username, password string
+	caCert, cert, key          string
+	clientID                   string
+	protoFiles, importPaths    listFlag
+	protosets                  listFlag
+	output                     string
+	verbose                    bool
+}
+
+// listFlag is a flag that may be given many times.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func (g *globalFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.broker, "broker", envOr("MQTTRPC_BROKER", defaultBroker), "broker `URL`: mqtt://, mqtts://, ws:// or wss:// (env MQTTRPC_BROKER)")
+	fs.StringVar(&g.username, "username", "", "user `name` for the broker")
+	fs.StringVar(&g.password, "password", os.Getenv("MQTTRPC_PASSWORD"), "`password` for the broker (env MQTTRPC_PASSWORD; prefer the environment: flags show in ps)")
+	fs.StringVar(&g.caCert, "cacert", "", "PEM `file` of the CAs that sign the broker's certificate (TLS)")
+	fs.StringVar(&g.cert, "cert", "", "PEM `file` of the client certificate (TLS)")
+	fs.StringVar(&g.key, "key", "", "PEM `file` of the client certificate's key (TLS)")
+	fs.StringVar(&g.clientID, "client-id", "", "MQTT client `ID` (default a random one)")
+	fs.Var(&g.protoFiles, "proto", "schema: a .proto `file` (repeatable)")
+	fs.Var(&g.importPaths, "I", "schema: an import `directory` for --proto (repeatable)")
+	fs.Var(&g.protosets, "protoset", "schema: a `file` holding a FileDescriptorSet (protoc --descriptor_set_out --include_imports; repeatable)")
+	fs.StringVar(&g.output, "o", "json", "output `format`: json or text")
+	fs.BoolVar(&g.verbose, "v", false, "print response metadata (headers and trailers) on stderr")
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// dialTimeout bounds the connection to the broker.
+const dialTimeout = 5 * time.Second
+
+// connect dials the broker as the global flags say.
+func (a *app) connect(ctx context.Context) (*rpc.Conn, error) {
+	g := &a.globals
+	id := g.clientID
+	if id == "" {
+		id = "mqttrpc-cli-" + strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
+	}
+	opts := []rpc.ConnOption{rpc.WithClientID(id), rpc.WithDialTimeout(dialTimeout)}
+	if g.username != "" || g.password != "" {
+		opts = append(opts, rpc.WithCredentials(g.username, g.password))
+	}
+	if g.caCert != "" || g.cert != "" || g.key != "" {
+		cfg, err := g.tlsConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, rpc.WithTLSConfig(cfg))
+	}
+	conn, err := rpc.Dial(ctx, g.broker, opts...)
+	if err != nil {
+		var rerr *rpc.Error
+		if errors.As(err, &rerr) {
+			return nil, fmt.Errorf("cannot connect to the broker: %s (%s; set --broker or MQTTRPC_BROKER)", rerr.Message(), rerr.Code())
+		}
+		return nil, fmt.Errorf("cannot connect to the broker: %v (set --broker or MQTTRPC_BROKER)", err)
+	}
+	return conn, nil
+}
+
+// tlsConfig reads --cacert, --cert and --key.
+func (g *globalFlags) tlsConfig() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if g.caCert != "" {
+		pem, err := os.ReadFile(g.caCert)
+		if err != nil {
+			return nil, fmt.Errorf("--cacert: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--cacert: %s holds no PEM certificate", g.caCert)
+		}
+		cfg.RootCAs = pool
+	}
+	if (g.cert == "") != (g.key == "") {
+		return nil, usagef("--cert and --key go together")
+	}
+	if g.cert != "" {
+		pair, err := tls.LoadX509KeyPair(g.cert, g.key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert/--key: %v", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}

@@ -1,0 +1,126 @@
+// Command mqttrpc calls mqttrpc services from a shell, as grpcurl does for
+// gRPC: it describes services from their .proto files and calls their
+// methods with JSON, printing the answers as JSON.
+//
+//	mqttrpc [global flags] describe SERVICE[/METHOD]
+//	mqttrpc [global flags] call [-t TARGET | --any] [-d JSON|@FILE|@-] [-H key=value]... [--timeout D] [--qos N] SERVICE/METHOD
+//	mqttrpc [global flags] broadcast [-d JSON] [--timeout D] SERVICE/METHOD
+//
+// Global flags: --broker URL (env MQTTRPC_BROKER, default
+// mqtt://127.0.0.1:1883), --username, --password (env MQTTRPC_PASSWORD),
+// --cacert, --cert, --key, --client-id (random by default), and the schema:
+// --proto FILE with -I DIR, or --protoset FILE. -o text prints protobuf text
+// instead of JSON.
+//
+// The exit status is 0 when the call succeeded, 64 plus the status code
+// when it failed with an RPC error (grpcurl's convention: 68 for
+// DeadlineExceeded, 78 for Unimplemented), and 1 for a usage or
+// connection error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit statuses besides 64 + code.
+const (
+	exitOK    = 0
+	exitUsage = 1 // usage, schema and connection errors
+	exitRPC   = 64
+)
+
+// usageError is a mistake in the command line: its message says what to do.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// app is one run of the command: its global flags and streams.
+type app struct {
+	globals globalFlags
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+const usageText = `usage: mqttrpc [global flags] COMMAND [flags] ARGS
+
+commands:
+  describe SERVICE[/METHOD]   print a service or method (or message) from the schema
+  call SERVICE/METHOD         call a method: -t TARGET or --any, -d JSON|@FILE|@-, -H key=value, --timeout D, --qos N
+  broadcast SERVICE/METHOD    call every server; one JSON line per answer
+
+global flags:
+`
+
+// run runs the command line args and returns the exit status.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	fs := flag.NewFlagSet("mqttrpc", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	a.globals.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	var err error
+	switch cmd {
+	case "describe":
+		err = a.describe(rest)
+	case "call":
+		err = a.call(ctx, rest)
+	case "broadcast":
+		err = a.broadcast(ctx, rest)
+	case "help":
+		fs.Usage()
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "mqttrpc: unknown command %q; the commands are describe, call and broadcast (mqttrpc help)\n", cmd)
+		return exitUsage
+	}
+	return a.exit(err)
+}
+
+// exit reports err on stderr and returns the exit status it means.
+func (a *app) exit(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var rpcErr *rpcFailure
+	if errors.As(err, &rpcErr) {
+		a.printRPCError(rpcErr.err)
+		return exitRPC + int(rpcErr.err.Code())
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "mqttrpc: ") {
+		msg = "mqttrpc: " + msg
+	}
+	fmt.Fprintln(a.stderr, msg)
+	return exitUsage
+}

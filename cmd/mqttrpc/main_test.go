@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	greeterv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/greeter/v1"
+	streamv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/stream/v1"
+	"github.com/mqttrpc/mqttrpc/internal/rpctest"
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+const (
+	greeterProto  = "../../internal/gen/mqttrpctest/greeter/v1/greeter.proto"
+	transferProto = "../../internal/gen/mqttrpctest/stream/v1/stream.proto"
+)
+
+// greeter answers SayHello with the name and the metadata it got; the
+// name "fail" is refused with FailedPrecondition and metadata.
+type greeter struct {
+	greeterv1.UnimplementedGreeterServer
+	id string
+}
+
+func (g greeter) SayHello(ctx context.Context, req *greeterv1.SayHelloRequest) (*greeterv1.SayHelloResponse, error) {
+	if req.GetName() == "fail" {
+		e := rpc.Errorf(rpc.FailedPrecondition, "the greeter is tired")
+		e.Meta().Set("retry-after", "5s")
+		return nil, e
+	}
+	call, _ := rpc.CallFromContext(ctx)
+	return &greeterv1.SayHelloResponse{Greeting: "hello " + req.GetName() + " from " + g.id + " " + call.RequestMetadata().Get("who")}, nil
+}
+
+// watchEnded gets the context error of an endless Watch when it ends.
+var watchEnded = make(chan error, 4)
+
+// transfer serves the stream methods of every kind.
+type transfer struct {
+	streamv1.UnimplementedTransferServer
+}
+
+func (transfer) Watch(ctx context.Context, req *streamv1.WatchRequest, stream rpc.ServerStreamingServer[streamv1.Event]) error {
+	if req.GetFilter() == "forever" {
+		for i := int64(0); ; i++ {
+			if err := stream.Send(&streamv1.Event{Seq: i}); err != nil {
+				watchEnded <- ctx.Err()
+				return err
+			}
+		}
+	}
+	for i := range int64(3) {
+		if err := stream.Send(&streamv1.Event{Seq: i, Text: req.GetFilter()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (transfer) Upload(ctx context.Context, stream rpc.ClientStreamingServer[streamv1.Chunk, streamv1.UploadResult]) error {
+	var n int64
+	for {
+		c, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(&streamv1.UploadResult{Bytes: n})
+		}
+		if err != nil {
+			return err
+		}
+		n += int64(len(c.GetData()))
+	}
+}
+
+func (transfer) Sync(ctx context.Context, stream rpc.BidiStreamingServer[streamv1.Event, streamv1.Event]) error {
+	for {
+		e, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&streamv1.Event{Seq: e.GetSeq() + 1, Text: e.GetText()}); err != nil {
+			return err
+		}
+	}
+}
+
+// startServers starts two devices serving both services.
+func startServers(t *testing.T, url string, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		conn := rpctest.Dial(t, url, rpc.WithClientID(rpctest.UniqueID(id)))
+		s := rpc.NewServer(conn, rpc.WithServerID(id))
+		greeterv1.RegisterGreeterServer(s, greeter{id: id})
+		streamv1.RegisterTransferServer(s, transfer{})
+		if err := s.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	}
+}
+
+// result is one run of the command.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func runCLI(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(rpctest.Context(t, 30*time.Second), args, strings.NewReader(stdin), &out, &errOut)
+	return result{code, out.String(), errOut.String()}
+}
+
+func (r result) want(t *testing.T, code int) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+}
+
+// Every command against real servers on both brokers: unary calls, an
+// RPC error's exit status and stderr, metadata, the three kinds of stream
+// (one with a topic template of its own; fields with their default values
+// are left out of the JSON, as protojson and grpcurl do), broadcast, and the schema from
+// .proto files and from a protoset.
+func TestCLI(t *testing.T) {
+	protoset := writeProtoset(t)
+	rpctest.EachBroker(t, func(t *testing.T, b *rpctest.Broker) {
+		dev1, dev2 := rpctest.UniqueID("dev"), rpctest.UniqueID("dev")
+		startServers(t, b.URL, dev1, dev2)
+		schema := []string{"--broker", b.URL, "--proto", greeterProto, "--proto", transferProto}
+
+		r := runCLI(t, "", append(schema, "call", "-t", dev1, "-H", "who=tester", "-d", `{"name":"ada"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 0)
+		if want := "{\n  \"greeting\": \"hello ada from " + dev1 + " tester\"\n}\n"; r.stdout != want {
+			t.Errorf("call: stdout %q, want %q", r.stdout, want)
+		}
+
+		// The request from stdin, the schema from a protoset, -o text.
+		r = runCLI(t, `{"name":"bob"}`, "--broker", b.URL, "--protoset", protoset, "-o", "text", "call", "-t", dev2, "-d", "@-", "mqttrpctest.greeter.v1.Greeter.SayHello")
+		r.want(t, 0)
+		if want := `greeting: "hello bob from ` + dev2 + " \"\n"; r.stdout != want {
+			t.Errorf("call from a protoset: stdout %q, want %q", r.stdout, want)
+		}
+
+		r = runCLI(t, "", append(schema, "call", "-t", dev1, "-d", `{"name":"fail"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 64+int(rpc.FailedPrecondition))
+		if want := "FailedPrecondition: the greeter is tired\n  retry-after: 5s\n"; r.stderr != want || r.stdout != "" {
+			t.Errorf("RPC error: stderr %q, stdout %q; want stderr %q", r.stderr, r.stdout, want)
+		}
+
+		r = runCLI(t, "", append(schema, "call", "-t", "nobody", "--timeout", "300ms", "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		if r.code != 64+int(rpc.DeadlineExceeded) && r.code != 64+int(rpc.Unavailable) {
+			t.Errorf("call to nobody: exit %d (%s), want DeadlineExceeded or Unavailable", r.code, r.stderr)
+		}
+
+		r = runCLI(t, "", append(schema, "call", "-t", dev1, "-d", `{"filter":"f"}`, "mqttrpctest.stream.v1.Transfer/Watch")...)
+		r.want(t, 0)
+		if want := "{\"text\":\"f\"}\n{\"seq\":\"1\",\"text\":\"f\"}\n{\"seq\":\"2\",\"text\":\"f\"}\n"; r.stdout != want {
+			t.Errorf("server stream: stdout %q, want %q", r.stdout, want)
+		}
+
+		r = runCLI(t, "{\"data\":\"AAEC\"}\n\n{\"data\":\"AwQ=\"}\n", append(schema, "call", "-t", dev1, "mqttrpctest.stream.v1.Transfer/Upload")...)
+		r.want(t, 0)
+		if want := "{\n  \"bytes\": \"5\"\n}\n"; r.stdout != want {
+			t.Errorf("client stream: stdout %q, want %q", r.stdout, want)
+		}
+
+		r = runCLI(t, "{\"seq\":1,\"text\":\"a\"}\n{\"seq\":10,\"text\":\"b\"}\n", append(schema, "call", "-t", dev2, "mqttrpctest.stream.v1.Transfer/Sync")...)
+		r.want(t, 0)
+		if want := "{\"seq\":\"2\",\"text\":\"a\"}\n{\"seq\":\"11\",\"text\":\"b\"}\n"; r.stdout != want {
+			t.Errorf("bidi stream: stdout %q, want %q", r.stdout, want)
+		}
+
+		r = runCLI(t, "", append(schema, "broadcast", "--timeout", "1s", "-d", `{"name":"all"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 0)
+		got := map[string]string{}
+		for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			var reply struct {
+				Server   string `json:"server"`
+				Response struct {
+					Greeting string `json:"greeting"`
+				} `json:"response"`
+			}
+			if err := json.Unmarshal([]byte(line), &reply); err != nil {
+				t.Fatalf("broadcast line %q: %v", line, err)
+			}
+			got[reply.Server] = reply.Response.Greeting
+		}
+		for _, id := range []string{dev1, dev2} {
+			if want := "hello all from " + id + " "; got[id] != want {
+				t.Errorf("broadcast: %s answered %q, want %q (all: %v)", id, got[id], want, got)
+			}
+		}
+	})
+}
+
+// Ctrl-C (the command's context ends) cancels a stream on the wire: the
+// handler's context ends, and the command exits with Canceled.
+func TestCLIInterruptCancelsTheStream(t *testing.T) {
+	b := rpctest.NewTestbroker(t)
+	dev := rpctest.UniqueID("dev")
+	startServers(t, b.URL, dev)
+	ctx, interrupt := context.WithCancel(rpctest.Context(t, 30*time.Second))
+	defer interrupt()
+	out := &interruptAfterLine{interrupt: interrupt}
+	var errOut bytes.Buffer
+	code := run(ctx, []string{"--broker", b.URL, "--proto", transferProto, "call", "-t", dev, "-d", `{"filter":"forever"}`, "mqttrpctest.stream.v1.Transfer/Watch"}, strings.NewReader(""), out, &errOut)
+	if code != 64+int(rpc.Canceled) {
+		t.Fatalf("exit %d, want %d (Canceled); stderr %q", code, 64+int(rpc.Canceled), errOut.String())
+	}
+	select {
+	case err := <-watchEnded:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the handler's context ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler still runs 10 s after the interrupt")
+	}
+}
+
+// interruptAfterLine is a stdout that interrupts the command once a line
+// was printed.
+type interruptAfterLine struct {
+	bytes.Buffer
+	interrupt func()
+}
+
+func (w *interruptAfterLine) Write(p []byte) (int, error) {
+	n, err := w.Buffer.Write(p)
+	if bytes.Contains(p, []byte("\n")) {
+		w.interrupt()
+	}
+	return n, err
+}
+
+// describe prints services, methods and messages in .proto syntax, with
+// their comments.
+func TestCLIDescribe(t *testing.T) {
+	r := runCLI(t, "", "--proto", transferProto, "describe", "mqttrpctest.stream.v1.Transfer")
+	r.want(t, 0)
+	for _, want := range []string{
+		"mqttrpctest.stream.v1.Transfer is a service:\n// Transfer moves data to and from a device.\nservice Transfer {\n",
+		"  // Watch streams events until the caller cancels.\n  rpc Watch ( .mqttrpctest.stream.v1.WatchRequest ) returns ( stream .mqttrpctest.stream.v1.Event );\n",
+		"  rpc Sync ( stream .mqttrpctest.stream.v1.Event ) returns ( stream .mqttrpctest.stream.v1.Event );\n",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("describe service: no %q in\n%s", want, r.stdout)
+		}
+	}
+	r = runCLI(t, "", "--proto", transferProto, "describe", "mqttrpctest.stream.v1.Event")
+	r.want(t, 0)
+	if want := "mqttrpctest.stream.v1.Event is a message:\nmessage Event {\n  int64 seq = 1;\n  string text = 2;\n}\n"; r.stdout != want {
+		t.Errorf("describe message: %q, want %q", r.stdout, want)
+	}
+	r = runCLI(t, "", "--proto", transferProto, "describe", "mqttrpctest.stream.v1.Transfer/Upload")
+	r.want(t, 0)
+	if !strings.Contains(r.stdout, "rpc Upload ( stream .mqttrpctest.stream.v1.Chunk ) returns ( .mqttrpctest.stream.v1.UploadResult );") {
+		t.Errorf("describe method: %q", r.stdout)
+	}
+}
+
+// Mistakes on the command line exit with 1 and a message that says what
+// to do, before anything is sent.
+func TestCLIUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"call", "-t", "x", "a.B/C"}, "no schema: give --proto"},
+		{[]string{"--proto", greeterProto, "call", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "give -t TARGET"},
+		{[]string{"--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/Nope"}, "has no method Nope; its methods: SayHello, SayHelloAgain"},
+		{[]string{"--proto", greeterProto, "call", "-t", "x", "no.Such/M"}, "no service no.Such"},
+		{[]string{"--proto", greeterProto, "call", "-t", "x", "-d", `{"nam":1}`, "mqttrpctest.greeter.v1.Greeter/SayHello"}, "is not a mqttrpctest.greeter.v1.SayHelloRequest in JSON"},
+		{[]string{"--proto", greeterProto, "call", "-t", "x", "-H", "novalue", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "want key=value"},
+		{[]string{"--proto", "missing.proto", "describe"}, "--proto"},
+		{[]string{"--broker", "mqtt://127.0.0.1:1", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "cannot connect to the broker"},
+	} {
+		r := runCLI(t, "", tc.args...)
+		if r.code != 1 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 1 and %q", tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+}
+
+// writeProtoset writes the greeter's FileDescriptorSet, as
+// protoc --include_imports --descriptor_set_out would.
+func writeProtoset(t *testing.T) string {
+	t.Helper()
+	var set descriptorpb.FileDescriptorSet
+	seen := map[string]bool{}
+	var add func(fd protoreflect.FileDescriptor)
+	add = func(fd protoreflect.FileDescriptor) {
+		if seen[fd.Path()] {
+			return
+		}
+		seen[fd.Path()] = true
+		for i := range fd.Imports().Len() {
+			add(fd.Imports().Get(i).FileDescriptor)
+		}
+		set.File = append(set.File, protodesc.ToFileDescriptorProto(fd))
+	}
+	add(greeterv1.File_mqttrpctest_greeter_v1_greeter_proto)
+	data, err := proto.Marshal(&set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "greeter.protoset")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
