@@ -27,15 +27,16 @@ type responseRouter struct {
 	clients     int // open Clients; the subscription is dropped with the last
 	removeRoute func()
 	waiters     map[[16]byte]*responseWaiter
+	// streams are the open streams: a map of their own, so that a unary
+	// call's waiter stays as small as it was before streams.
+	streams map[[16]byte]*clientStream
 }
 
-// responseWaiter is a call (or broadcast, or stream) waiting for its
-// answers.
+// responseWaiter is a call (or broadcast) waiting for its answers.
 type responseWaiter struct {
 	client    *Client
 	ch        chan *paho.Publish
-	broadcast bool          // many replies, sent without blocking
-	stream    *clientStream // a stream's messages go to it; ch is nil
+	broadcast bool // many replies, sent without blocking
 }
 
 // attach counts a new Client and, for the first, starts listening.
@@ -46,6 +47,7 @@ func (r *responseRouter) attach(conn *Conn) {
 		r.conn = conn
 		r.topic = DefaultResponsePrefix + conn.clientID
 		r.waiters = map[[16]byte]*responseWaiter{}
+		r.streams = map[[16]byte]*clientStream{}
 	}
 	r.clients++
 	if r.removeRoute == nil {
@@ -70,6 +72,13 @@ func (r *responseRouter) detach(ctx context.Context, client *Client) error {
 			delete(r.waiters, id)
 		}
 	}
+	var streams []*clientStream
+	for id, st := range r.streams {
+		if st.client == client {
+			streams = append(streams, st)
+			delete(r.streams, id)
+		}
+	}
 	r.clients--
 	last := r.clients == 0
 	var remove func()
@@ -77,12 +86,11 @@ func (r *responseRouter) detach(ctx context.Context, client *Client) error {
 		remove, r.removeRoute = r.removeRoute, nil
 	}
 	r.mu.Unlock()
+	for _, st := range streams {
+		st.breakWith(Errorf(Canceled, "client closed"))
+	}
 	closed := map[chan *paho.Publish]bool{} // a broadcast's IDs share one channel
 	for _, w := range ended {
-		if w.stream != nil {
-			w.stream.breakWith(Errorf(Canceled, "client closed"))
-			continue
-		}
 		if !closed[w.ch] {
 			closed[w.ch] = true
 			close(w.ch)
@@ -150,13 +158,41 @@ func (r *responseRouter) forget(id [16]byte) {
 	r.mu.Unlock()
 }
 
-// pending counts the calls and broadcasts of client waiting for answers.
+// registerStream makes a fresh correlation ID that routes a stream's
+// messages to st.
+func (r *responseRouter) registerStream(st *clientStream) ([16]byte, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return id, Errorf(Internal, "making a correlation ID: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.client.closed.Load() {
+		return id, Errorf(Canceled, "client closed")
+	}
+	r.streams[id] = st
+	return id, nil
+}
+
+func (r *responseRouter) forgetStream(id [16]byte) {
+	r.mu.Lock()
+	delete(r.streams, id)
+	r.mu.Unlock()
+}
+
+// pending counts the calls, broadcasts and streams of client waiting for
+// answers.
 func (r *responseRouter) pending(client *Client) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
 	for _, w := range r.waiters {
 		if w.client == client {
+			n++
+		}
+	}
+	for _, st := range r.streams {
+		if st.client == client {
 			n++
 		}
 	}
@@ -217,12 +253,13 @@ func (r *responseRouter) handle(p *paho.Publish, ack func()) bool {
 	r.mu.Lock()
 	w, ok := r.waiters[id]
 	delivered := true
-	if ok && w.stream != nil {
-		// Outside the lock: the stream takes it without blocking, and
-		// detach does not close a stream's channel.
-		r.mu.Unlock()
-		w.stream.deliver(p)
-		return true
+	if !ok {
+		if st := r.streams[id]; st != nil {
+			// Outside the lock: the stream takes it without blocking.
+			r.mu.Unlock()
+			st.deliver(p)
+			return true
+		}
 	}
 	if ok {
 		if w.broadcast {

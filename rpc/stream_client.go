@@ -140,7 +140,7 @@ func (c *Client) openStream(ctx context.Context) StreamingClientConn {
 	var err error
 	if desc == nil {
 		err = Errorf(Internal, "a client interceptor opened a stream with a context that does not derive from the one it was given")
-	} else if st.corr, err = c.conn.responses.register(&responseWaiter{client: c, stream: st}); err == nil {
+	} else if st.corr, err = c.conn.responses.registerStream(st); err == nil {
 		st.env.correlationData = st.corr[:]
 	}
 	st.stopWatch = context.AfterFunc(st.ctx, st.onContextDone)
@@ -279,7 +279,7 @@ func (st *clientStream) end(err error) {
 		st.mu.Unlock()
 		st.setHeaders(nil) // no header comes any more
 		st.breakWith(err)
-		st.client.conn.responses.forget(st.corr)
+		st.client.conn.responses.forgetStream(st.corr)
 		if !st.stopWatch() {
 			st.mu.Lock()
 			st.watching = true

@@ -381,3 +381,35 @@ func TestClientAndBidiStreams(t *testing.T) {
 		}
 	})
 }
+
+// Closing the Client ends its open streams with Canceled, and the stream
+// is cancelled on the wire: the handler's context ends.
+func TestStreamClientClose(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		ended := make(chan error, 1)
+		startStreamServer(t, b.url, &streamService{count: blockingCount(ended)}, rpc.WithServerID("dev-1"))
+		client := rpc.NewClient(dial(t, b.url, rpc.WithClientID(uniqueID("caller"))))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream := openCount(t, ctx, client, 1, rpc.To("dev-1"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.Close(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := stream.Recv()
+		wantCode(t, err, rpc.Canceled)
+		select {
+		case cause := <-ended:
+			if !errors.Is(cause, context.Canceled) {
+				t.Errorf("the handler's context ended with %v, want Canceled", cause)
+			}
+		case <-ctx.Done():
+			t.Fatal("the handler's context did not end after the client closed")
+		}
+		if n := rpc.PendingCalls(client); n != 0 {
+			t.Errorf("%d calls pending after Close", n)
+		}
+	})
+}
