@@ -111,3 +111,42 @@ func TestStreamServerGone(t *testing.T) {
 		_ = srv.Shutdown(context.Background())
 	})
 }
+
+// A stream has the deadline of a unary call: at the caller's deadline
+// Recv returns DeadlineExceeded and the handler's context ends; when the
+// server's WithMaxTimeout comes first, the server says DeadlineExceeded
+// when it passes.
+func TestStreamDeadline(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		ended := make(chan error, 2)
+		startStreamServer(t, b.url, &streamService{count: blockingCount(ended)}, rpc.WithServerID("dev-1"))
+		startStreamServer(t, b.url, &streamService{count: blockingCount(ended)}, rpc.WithServerID("dev-2"), rpc.WithMaxTimeout(300*time.Millisecond))
+		client := newClient(t, b.url)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		stream := openCount(t, ctx, client, 1, rpc.To("dev-1"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := stream.Recv()
+		if e := wantCode(t, err, rpc.DeadlineExceeded); rpc.IsWireError(e) {
+			t.Errorf("DeadlineExceeded came from the server: %v", e)
+		}
+		if cause := <-ended; !errors.Is(cause, context.DeadlineExceeded) {
+			t.Errorf("the handler's context ended with %v, want DeadlineExceeded", cause)
+		}
+
+		stream = openCount(t, testCtx(t), client, 1, rpc.To("dev-2"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		_, err = stream.Recv()
+		if e := wantCode(t, err, rpc.DeadlineExceeded); !rpc.IsWireError(e) {
+			t.Errorf("DeadlineExceeded did not come from the server: %v", e)
+		}
+		if cause := <-ended; !errors.Is(cause, context.DeadlineExceeded) {
+			t.Errorf("the capped handler's context ended with %v, want DeadlineExceeded", cause)
+		}
+	})
+}
