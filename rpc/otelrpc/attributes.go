@@ -85,7 +85,9 @@ type methodAttributes struct {
 	name      string // "service/method": span name and rpc.method
 	spanStart []trace.SpanStartOption
 	active    []metric.AddOption
-	byCode    [numCodes]*codeAttributes
+	// sent and received are the attributes of stream message counts.
+	sent, received []metric.AddOption
+	byCode         [numCodes]*codeAttributes
 }
 
 // codeAttributes is what the calls of one method that end with one code
@@ -113,7 +115,9 @@ func newMethodAttributes(key methodKey) *methodAttributes {
 				semconv.MessagingSystemKey.String(MessagingSystem),
 			),
 		},
-		active: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(systemNameAttr, semconv.RPCMethod(name)))},
+		active:   []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(systemNameAttr, semconv.RPCMethod(name)))},
+		sent:     []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(systemNameAttr, semconv.RPCMethod(name), messageTypeSent))},
+		received: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(systemNameAttr, semconv.RPCMethod(name), messageTypeReceived))},
 	}
 	for code := range m.byCode {
 		m.byCode[code] = newCodeAttributes(name, key.isClient, rpc.Code(code))

@@ -21,12 +21,19 @@ const (
 	// DroppedRequestsMetric counts the requests servers dropped or rejected
 	// instead of executing, by DropReasonKey.
 	DroppedRequestsMetric = "mqttrpc.server.dropped_requests"
+	// ClientStreamMessagesMetric counts the messages of streams a client
+	// sent and received, by rpc.message.type (SENT, RECEIVED).
+	ClientStreamMessagesMetric = "mqttrpc.client.stream_messages"
+	// ServerStreamMessagesMetric counts the messages of streams a server's
+	// handlers sent and received, by rpc.message.type.
+	ServerStreamMessagesMetric = "mqttrpc.server.stream_messages"
 )
 
 // instruments are one side's metrics.
 type instruments struct {
 	duration metric.Float64Histogram
 	active   metric.Int64UpDownCounter
+	messages metric.Int64Counter // stream messages
 }
 
 func newInstruments(meter metric.Meter) (client, server instruments, dropped metric.Int64Counter, err error) {
@@ -46,6 +53,16 @@ func newInstruments(meter metric.Meter) (client, server instruments, dropped met
 	}
 	server.active, err = meter.Int64UpDownCounter(ServerActiveCallsMetric,
 		metric.WithDescription("Calls being served by mqttrpc server handlers."), metric.WithUnit("{call}"))
+	if err != nil {
+		return client, server, nil, err
+	}
+	client.messages, err = meter.Int64Counter(ClientStreamMessagesMetric,
+		metric.WithDescription("Messages of streams sent and received by mqttrpc clients."), metric.WithUnit("{message}"))
+	if err != nil {
+		return client, server, nil, err
+	}
+	server.messages, err = meter.Int64Counter(ServerStreamMessagesMetric,
+		metric.WithDescription("Messages of streams sent and received by mqttrpc server handlers."), metric.WithUnit("{message}"))
 	if err != nil {
 		return client, server, nil, err
 	}

@@ -18,7 +18,8 @@ import (
 // "message" event per message sent or received (rpc.message.type SENT or
 // RECEIVED, rpc.message.id counting from 1 in each direction, as the
 // semantic conventions of RPC name them), the trace context carried in
-// the open's metadata as for unary calls, and the call metrics.
+// the open's metadata as for unary calls, the call metrics, and the
+// messages counted in mqttrpc.{client,server}.stream_messages.
 
 // Attributes of message events.
 var (
@@ -41,15 +42,17 @@ type streamSpan struct {
 	once           sync.Once
 }
 
+// message records one message: counted, and an event on the span.
 func (s *streamSpan) message(sent bool) {
-	if !s.span.IsRecording() {
-		return
-	}
-	kind, n := messageTypeReceived, &s.received
+	kind, n, opts := messageTypeReceived, &s.received, s.m.received
 	if sent {
-		kind, n = messageTypeSent, &s.sent
+		kind, n, opts = messageTypeSent, &s.sent, s.m.sent
 	}
-	s.span.AddEvent("message", trace.WithAttributes(kind, messageIDKey.Int64(n.Add(1))))
+	s.side.messages.Add(context.Background(), 1, opts...)
+	id := n.Add(1)
+	if s.span.IsRecording() {
+		s.span.AddEvent("message", trace.WithAttributes(kind, messageIDKey.Int64(id)))
+	}
 }
 
 // finish ends the span once; io.EOF is an OK end.

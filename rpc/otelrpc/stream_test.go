@@ -7,10 +7,12 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mqttrpc/mqttrpc/rpc"
+	"github.com/mqttrpc/mqttrpc/rpc/otelrpc"
 )
 
 // countDesc is a server-streaming service: Count sends 0…n-1.
@@ -97,5 +99,43 @@ func TestStreamSpans(t *testing.T) {
 		if clientSpan.Name() != "test.v1.CountService/Count" {
 			t.Errorf("client span name %q", clientSpan.Name())
 		}
+		rm := tel.collect(t)
+		for _, c := range []struct {
+			name           string
+			sent, received int64
+		}{
+			{otelrpc.ClientStreamMessagesMetric, 1, 3},
+			{otelrpc.ServerStreamMessagesMetric, 3, 1},
+		} {
+			sent, received := streamMessages(t, rm, c.name)
+			if sent != c.sent || received != c.received {
+				t.Errorf("%s: %d sent, %d received; want %d, %d", c.name, sent, received, c.sent, c.received)
+			}
+		}
 	})
+}
+
+// streamMessages sums a stream message counter by rpc.message.type.
+func streamMessages(t *testing.T, rm metricdata.ResourceMetrics, name string) (sent, received int64) {
+	t.Helper()
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != name {
+				continue
+			}
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if !ok {
+				t.Fatalf("%s is a %T, want a sum", name, m.Data)
+			}
+			for _, dp := range sum.DataPoints {
+				v, _ := dp.Attributes.Value("rpc.message.type")
+				if v.AsString() == "SENT" {
+					sent += dp.Value
+				} else {
+					received += dp.Value
+				}
+			}
+		}
+	}
+	return sent, received
 }
