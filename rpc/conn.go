@@ -568,23 +568,24 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // connConfig collects ConnOptions.
 type connConfig struct {
-	clientID         string
-	username         string
-	password         []byte
-	credentialsSet   bool // WithCredentials was given: URL credentials are ignored
-	tlsConfig        *tls.Config
-	keepAlive        uint16
-	connectTimeout   time.Duration
-	dialTimeout      time.Duration
-	sessionExpiry    uint32
-	ackAfterHandling *bool
-	writeCoalescing  *bool
-	quickAck         *bool
-	logger           *slog.Logger
-	beforeUp         func()        // tests: runs at the start of connectionUp
-	parkTime         time.Duration // tests: how long packets stay parked (0: parkTime)
-	onParked         func(n int)   // tests: see Conn.onParked
-	dialed           *dialedConn   // set by Dial when it dials through internal/transport
+	clientID          string
+	username          string
+	password          []byte
+	credentialsSet    bool // WithCredentials was given: URL credentials are ignored
+	tlsConfig         *tls.Config
+	keepAlive         uint16
+	connectTimeout    time.Duration
+	dialTimeout       time.Duration
+	sessionExpiry     uint32
+	ackAfterHandling  *bool
+	writeCoalescing   *bool
+	quickAck          *bool
+	quickAckFromStart bool
+	logger            *slog.Logger
+	beforeUp          func()        // tests: runs at the start of connectionUp
+	parkTime          time.Duration // tests: how long packets stay parked (0: parkTime)
+	onParked          func(n int)   // tests: see Conn.onParked
+	dialed            *dialedConn   // set by Dial when it dials through internal/transport
 }
 
 // transportConfig returns the transport options with their defaults.
@@ -596,5 +597,6 @@ func (c *connConfig) transportConfig() transport.Config {
 	if c.quickAck != nil {
 		tc.QuickAck = *c.quickAck && transport.QuickAckSupported
 	}
+	tc.QuickAckFromStart = tc.QuickAck && c.quickAckFromStart
 	return tc
 }

@@ -91,6 +91,10 @@ const (
 type Config struct {
 	Coalesce bool // write coalescing with a flusher goroutine
 	QuickAck bool // adaptive TCP_QUICKACK (Linux only; ignored elsewhere, see QuickAckSupported)
+	// QuickAckFromStart re-arms TCP_QUICKACK from the first
+	// acknowledgement read, without waiting for stallsToArm stalls: for
+	// connections too short-lived to see them (a command-line call).
+	QuickAckFromStart bool
 }
 
 // Dial dials address over TCP, giving up after timeout (none if 0), and
@@ -164,6 +168,7 @@ type conn struct {
 	// is the calls in flight either way.
 	published atomic.Int64
 	received  atomic.Int64
+	rearms    atomic.Int64 // TCP_QUICKACK re-arms, for tests
 }
 
 func newConn(tcp *net.TCPConn, cfg Config) *conn {
@@ -178,7 +183,7 @@ func newConn(tcp *net.TCPConn, cfg Config) *conn {
 			c.cfg.QuickAck = false
 		}
 	}
-	c.reader = bufio.NewReaderSize(&reader{c: c}, readBuffer)
+	c.reader = bufio.NewReaderSize(&reader{c: c, armed: c.cfg.QuickAck && cfg.QuickAckFromStart}, readBuffer)
 	if cfg.Coalesce {
 		c.wake.L = &c.mu
 		c.done = make(chan struct{})
@@ -588,5 +593,6 @@ func (r *reader) scan(b []byte) (sawAck bool) {
 // rearmQuickAck turns TCP_QUICKACK on again: Linux turns it off by itself
 // whenever it sees data go out right after data came in.
 func (c *conn) rearmQuickAck() {
+	c.rearms.Add(1)
 	_ = c.raw.Control(setQuickAck)
 }

@@ -535,3 +535,30 @@ func TestTransportPartialWritesKeepOrder(t *testing.T) {
 		}
 	}
 }
+
+// A connection told QuickAckFromStart re-arms TCP_QUICKACK after the
+// first acknowledgement it reads; an adaptive one waits for stalls.
+func TestTransportQuickAckFromStart(t *testing.T) {
+	if !QuickAckSupported {
+		t.Skip("no TCP_QUICKACK on this platform")
+	}
+	for _, fromStart := range []bool{false, true} {
+		local, remote := tcpPair(t)
+		w := newConn(local, Config{Coalesce: true, QuickAck: true, QuickAckFromStart: fromStart})
+		puback := []byte{packetTypePuback << 4, 2, 0, 1}
+		if _, err := remote.Write(puback); err != nil {
+			t.Fatal(err)
+		}
+		if typ, _, err := readPacket(w); err != nil || typ != packetTypePuback {
+			t.Fatalf("read: type %d, %v", typ, err)
+		}
+		want := int64(0)
+		if fromStart {
+			want = 1
+		}
+		if got := w.rearms.Load(); got != want {
+			t.Errorf("QuickAckFromStart %v: %d re-arms after the first PUBACK, want %d", fromStart, got, want)
+		}
+		_ = w.Close()
+	}
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Wall time of one-shot `mqttrpc call`s against stock Mosquitto (Nagle's
+# algorithm on, no set_tcp_nodelay): 20 runs, one after another, each a new
+# process that connects, calls GetReading on the thermostat example's device
+# and disconnects. Prints each run's time, then the median (p50).
+#
+#   bench/cli-call.sh [runs]
+#
+# Needs mosquitto on PATH; builds the CLI and the device from this checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-20}
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+go build -o "$dir/mqttrpc" ./cmd/mqttrpc
+go build -o "$dir/device" ./examples/thermostat/device
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$dir/mosquitto.conf"
+mosquitto -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
+broker="mqtt://127.0.0.1:$port"
+for _ in $(seq 50); do
+  "$dir/device" -broker "$broker" -id bench-dev > "$dir/device.log" 2>&1 & dev=$!
+  sleep 0.1
+  if kill -0 $dev 2>/dev/null && grep -q serving "$dir/device.log"; then break; fi
+  wait $dev 2>/dev/null || true
+done
+grep -q serving "$dir/device.log" || { echo "the device did not start:"; cat "$dir/device.log"; exit 1; }
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(mosquitto -h 2>&1 | head -1)"
+times=()
+for i in $(seq "$runs"); do
+  start=$(date +%s%N)
+  "$dir/mqttrpc" --broker "$broker" --proto examples/thermostat/thermostatv1/thermostat.proto \
+    call -t bench-dev example.thermostat.v1.Thermostat/GetReading > /dev/null
+  end=$(date +%s%N)
+  ms=$(( (end - start) / 1000 ))
+  times+=("$ms")
+  printf 'run %d: %d.%03d ms\n' "$i" $((ms / 1000)) $((ms % 1000))
+done
+p50=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+printf 'p50 of %d runs: %d.%03d ms\n' "$runs" $((p50 / 1000)) $((p50 % 1000))
