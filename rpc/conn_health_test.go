@@ -14,6 +14,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
+	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
 
@@ -191,7 +192,7 @@ func TestConnDialWithoutBroker(t *testing.T) {
 // the password appears in no error and no log.
 func TestConnDialURLCredentials(t *testing.T) {
 	t.Parallel()
-	passwords := passwordFile(t, map[string]string{"alice": "s3cret-pw"})
+	passwords := rpctest.PasswordFile(t, map[string]string{"alice": "s3cret-pw"})
 	mq := mosquittotest.Start(t, mosquittotest.WithAnonymous(false), mosquittotest.WithConfig("password_file "+passwords))
 	logs := new(logRecorder)
 	logger := rpc.WithLogger(slog.New(logs))
@@ -203,7 +204,7 @@ func TestConnDialURLCredentials(t *testing.T) {
 	_ = conn.Close(context.Background())
 
 	// Percent-encoded characters in the password are decoded.
-	passwords2 := passwordFile(t, map[string]string{"bob": "p@ss:w/rd"})
+	passwords2 := rpctest.PasswordFile(t, map[string]string{"bob": "p@ss:w/rd"})
 	mq2 := mosquittotest.Start(t, mosquittotest.WithAnonymous(false), mosquittotest.WithConfig("password_file "+passwords2))
 	conn = dial(t, "mqtt://bob:p%40ss%3Aw%2Frd@"+mq2.Addr(), logger)
 	_ = conn.Close(context.Background())
@@ -225,7 +226,7 @@ func TestConnDialURLCredentials(t *testing.T) {
 // (conn_refusal_internal_test.go).
 func TestConnDialRefusedLogin(t *testing.T) {
 	t.Parallel()
-	passwords := passwordFile(t, map[string]string{"alice": "s3cret-pw"})
+	passwords := rpctest.PasswordFile(t, map[string]string{"alice": "s3cret-pw"})
 	mq := mosquittotest.Start(t, mosquittotest.WithAnonymous(false), mosquittotest.WithConfig("password_file "+passwords))
 	for _, tc := range []struct {
 		name string

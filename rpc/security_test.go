@@ -1,17 +1,8 @@
 package rpc_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,91 +15,6 @@ import (
 	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
-
-// testPKI is a CA and a server certificate for 127.0.0.1, made for the test.
-type testPKI struct {
-	caFile, certFile, keyFile string
-	pool                      *x509.CertPool
-}
-
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "mqttrpc test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{caFile: filepath.Join(dir, "ca.pem"), certFile: filepath.Join(dir, "server.pem"), keyFile: filepath.Join(dir, "server.key"), pool: x509.NewCertPool()}
-	writePEM(t, p.caFile, "CERTIFICATE", caDER)
-	writePEM(t, p.certFile, "CERTIFICATE", der)
-	writePEM(t, p.keyFile, "EC PRIVATE KEY", keyDER)
-	p.pool.AddCert(caCert)
-	return p
-}
-
-func writePEM(t *testing.T, path, kind string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// passwordFile writes a Mosquitto password file with mosquitto_passwd.
-func passwordFile(t *testing.T, users map[string]string) string {
-	t.Helper()
-	bin, err := exec.LookPath("mosquitto_passwd")
-	if err != nil {
-		if os.Getenv(mosquittotest.RequireEnv) == "1" {
-			t.Fatal("mosquitto_passwd not found (apt-get install mosquitto)")
-		}
-		t.Skip("mosquitto_passwd not found (apt-get install mosquitto)")
-	}
-	path := filepath.Join(t.TempDir(), "passwords")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for user, pass := range users {
-		if out, err := exec.Command(bin, "-b", path, user, pass).CombinedOutput(); err != nil {
-			t.Fatalf("mosquitto_passwd: %v: %s", err, out)
-		}
-	}
-	return path
-}
 
 // The ACL of docs/deployment.md: devices read their own command topics and
 // broadcasts and answer on response topics; callers write device commands
@@ -133,21 +39,21 @@ topic read #
 // PermissionDenied, and a request asking for an answer on a topic outside the
 // response-topic policy gets none.
 func TestMosquittoTLSPasswordsACL(t *testing.T) {
-	pki := newTestPKI(t)
-	passwords := passwordFile(t, map[string]string{"dev-1": "device-secret", "backend": "backend-secret", "mallory": "mallory-secret"})
+	pki := rpctest.NewPKI(t)
+	passwords := rpctest.PasswordFile(t, map[string]string{"dev-1": "device-secret", "backend": "backend-secret", "mallory": "mallory-secret"})
 	aclPath := filepath.Join(t.TempDir(), "acl")
 	if err := os.WriteFile(aclPath, []byte(testACL), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mq := mosquittotest.Start(t, mosquittotest.WithAnonymous(false), mosquittotest.WithConfig(
-		"cafile "+pki.caFile,
-		"certfile "+pki.certFile,
-		"keyfile "+pki.keyFile,
+		"cafile "+pki.CAFile,
+		"certfile "+pki.CertFile,
+		"keyfile "+pki.KeyFile,
 		"password_file "+passwords,
 		"acl_file "+aclPath,
 	))
 	url := "mqtts://" + mq.Addr()
-	tlsConfig := &tls.Config{RootCAs: pki.pool, MinVersion: tls.VersionTLS12}
+	tlsConfig := &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12}
 
 	svc := &echoService{}
 	serverConn := dial(t, url, rpc.WithClientID("dev-1"), rpc.WithCredentials("dev-1", "device-secret"), rpc.WithTLSConfig(tlsConfig))

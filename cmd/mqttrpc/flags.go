@@ -85,11 +85,18 @@ func (a *app) connect(ctx context.Context) (*rpc.Conn, error) {
 	}
 	conn, err := rpc.Dial(ctx, g.broker, opts...)
 	if err != nil {
+		hint := "is it running? set --broker or MQTTRPC_BROKER"
+		switch rpc.CodeOf(err) {
+		case rpc.PermissionDenied, rpc.Unauthenticated:
+			hint = "check --username and MQTTRPC_PASSWORD (or --password)"
+		case rpc.InvalidArgument:
+			hint = "check --client-id"
+		}
 		var rerr *rpc.Error
 		if errors.As(err, &rerr) {
-			return nil, fmt.Errorf("cannot connect to the broker: %s (%s; set --broker or MQTTRPC_BROKER)", rerr.Message(), rerr.Code())
+			return nil, fmt.Errorf("cannot connect to the broker: %s (%s; %s)", rerr.Message(), rerr.Code(), hint)
 		}
-		return nil, fmt.Errorf("cannot connect to the broker: %v (set --broker or MQTTRPC_BROKER)", err)
+		return nil, fmt.Errorf("cannot connect to the broker: %v (%s)", err, hint)
 	}
 	return conn, nil
 }

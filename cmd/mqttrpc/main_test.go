@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -19,6 +20,7 @@ import (
 
 	greeterv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/greeter/v1"
 	streamv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/stream/v1"
+	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
 	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
@@ -248,6 +250,39 @@ func (w *interruptAfterLine) Write(p []byte) (int, error) {
 		w.interrupt()
 	}
 	return n, err
+}
+
+// Over TLS with a login: --cacert names the CA of the broker's certificate,
+// --username and MQTTRPC_PASSWORD the login; a wrong password exits 1 with
+// the broker's refusal.
+func TestCLITLSAndLogin(t *testing.T) {
+	pki := rpctest.NewPKI(t)
+	passwords := rpctest.PasswordFile(t, map[string]string{"device": "device-secret", "operator": "operator-secret"})
+	mq := mosquittotest.Start(t, mosquittotest.WithAnonymous(false), mosquittotest.WithConfig(
+		"cafile "+pki.CAFile, "certfile "+pki.CertFile, "keyfile "+pki.KeyFile, "password_file "+passwords))
+	url := "mqtts://" + mq.Addr()
+	tlsConfig := &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12}
+	conn := rpctest.Dial(t, url, rpc.WithClientID(rpctest.UniqueID("device")), rpc.WithCredentials("device", "device-secret"), rpc.WithTLSConfig(tlsConfig))
+	s := rpc.NewServer(conn, rpc.WithServerID("dev-tls"))
+	greeterv1.RegisterGreeterServer(s, greeter{id: "dev-tls"})
+	if err := s.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+
+	t.Setenv("MQTTRPC_PASSWORD", "operator-secret")
+	args := []string{"--broker", url, "--cacert", pki.CAFile, "--username", "operator", "--proto", greeterProto,
+		"call", "-t", "dev-tls", "-d", `{"name":"tls"}`, "mqttrpctest.greeter.v1.Greeter/SayHello"}
+	r := runCLI(t, "", args...)
+	r.want(t, 0)
+	if want := "{\n  \"greeting\": \"hello tls from dev-tls \"\n}\n"; r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
+	}
+	t.Setenv("MQTTRPC_PASSWORD", "wrong")
+	r = runCLI(t, "", args...)
+	if r.code != 1 || !strings.Contains(r.stderr, "not authorized") || !strings.Contains(r.stderr, "check --username") || strings.Contains(r.stderr, "wrong") {
+		t.Errorf("wrong password: exit %d, stderr %q; want 1, the refusal, and no password", r.code, r.stderr)
+	}
 }
 
 // describe prints services, methods and messages in .proto syntax, with
