@@ -369,7 +369,11 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	fmt.Fprintf(a.stderr, "%d answers within %v\n", answers, f.timeout)
+	noun := "answers"
+	if answers == 1 {
+		noun = "answer"
+	}
+	fmt.Fprintf(a.stderr, "%d %s within %v\n", answers, noun, f.timeout)
 	return nil
 }
 
