@@ -52,6 +52,11 @@ type streamResult struct {
 }
 
 func runStreams() error {
+	stopProfile, err := startProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	type broker struct {
 		name string
 		url  string
