@@ -38,6 +38,7 @@ type Client struct {
 	streamKeepalive time.Duration
 	logger          *slog.Logger
 	err             error // a bad option: every call fails with it
+	noFailFast      bool  // WithFailFast(false)
 
 	// responseChans recycles the reply channels of unary calls.
 	responseChans sync.Pool
@@ -52,6 +53,7 @@ type clientConfig struct {
 	streamWindow   int
 	keepalive      time.Duration
 	logger         *slog.Logger
+	noFailFast     bool
 	errs           []error // options given bad values
 }
 
@@ -74,6 +76,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		streamWindow:    cfg.streamWindow,
 		streamKeepalive: cfg.keepalive,
 		logger:          cfg.logger,
+		noFailFast:      cfg.noFailFast,
 	}
 	if len(cfg.errs) > 0 {
 		c.err = cfg.errs[0]
@@ -183,6 +186,7 @@ type callConfig struct {
 	tokens           []tokenOption
 	responseMetadata *Metadata
 	answeredBy       *string
+	broadcast        *broadcastConfig // FirstN, Quorum
 }
 
 type metadataPair struct {
@@ -198,6 +202,11 @@ func (s *Stub) Invoke(ctx context.Context, req, resp any, opts ...CallOption) er
 	}
 	cc := s.newCall(opts, "")
 	cc.template, cc.resp = s.template, resp
+	if f := s.client.conn.fleet.Load(); f != nil && !s.client.noFailFast {
+		if err := f.failFast(cc); err != nil {
+			return err
+		}
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.client.timeout)

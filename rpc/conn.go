@@ -98,6 +98,13 @@ type Conn struct {
 
 	session *sessionGuard // ends publishes that paho's session state forgets
 
+	// Fleet (presence.go, fleet.go, conn_hooks.go): the connection's
+	// presence record and Will (nil: presence off), the Fleet that
+	// Clients on the Conn consult, and the connection callbacks.
+	presence *connPresence
+	fleet    atomic.Pointer[Fleet]
+	hooks    connHooks
+
 	responses responseRouter // the response topic shared by the Conn's Clients
 
 	ctx    context.Context // lives until Close; bounds background subscribes
@@ -246,7 +253,10 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 // be set: it names the client's response topic. Unlike Dial, NewConnection
 // does not wait for the connection; see AwaitConnection.
 //
-// Of the ConnOptions only WithLogger applies: the others configure what
+// Of the ConnOptions only WithLogger and WithPresence apply (presence is
+// off unless WithPresence(true) is given and cfg has no WillMessage of its
+// own; the application's handlers then also see the presence traffic,
+// with AlreadyHandled set): the others configure what
 // cfg already holds (ClientID, ConnectUsername, TlsCfg, KeepAlive,
 // SessionExpiryInterval, EnableManualAcknowledgment…), and NewConnection
 // fails with InvalidArgument if one is given. ctx is not used; the
@@ -258,8 +268,10 @@ func Dial(ctx context.Context, brokerURL string, opts ...ConnOption) (*Conn, err
 func NewConnection(_ context.Context, cfg autopaho.ClientConfig, opts ...ConnOption) (*Conn, error) {
 	cc := connConfig{logger: discardLogger()}
 	for _, o := range opts {
-		if _, isLogger := o.(loggerOption); !isLogger {
-			return nil, Errorf(InvalidArgument, "NewConnection takes no ConnOption but WithLogger: set the autopaho.ClientConfig instead")
+		switch o.(type) {
+		case loggerOption, presenceOption:
+		default:
+			return nil, Errorf(InvalidArgument, "NewConnection takes no ConnOption but WithLogger and WithPresence: set the autopaho.ClientConfig instead")
 		}
 		o.applyToConn(&cc)
 	}
@@ -296,6 +308,7 @@ func newConn(cfg autopaho.ClientConfig, cc *connConfig, owned bool) (*Conn, erro
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.listeners.Store(&[]*listener{})
+	c.setupFleet(&cfg, cc, owned)
 
 	// autopaho falls back on the deprecated ConnectRetryDelay when
 	// ReconnectBackoff is nil; since we set ReconnectBackoff, we do that.
@@ -314,12 +327,14 @@ func newConn(cfg autopaho.ClientConfig, cc *connConfig, owned bool) (*Conn, erro
 	userUp, userDown, userConnErr := cfg.OnConnectionUp, cfg.OnConnectionDown, cfg.OnConnectError
 	cfg.OnConnectionUp = func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 		c.connectionUp(cm, ack)
+		c.hooks.connectionUp(c)
 		if userUp != nil {
 			userUp(cm, ack)
 		}
 	}
 	cfg.OnConnectionDown = func() bool {
 		c.connectionDown()
+		c.hooks.connectionDown(c)
 		if userDown != nil {
 			return userDown()
 		}
@@ -469,6 +484,7 @@ func (c *Conn) Close(ctx context.Context) error {
 		// goroutine: a later Close waits for c.stopped.
 		go func() {
 			c.pubs.Wait()
+			c.waitFleet()
 			close(c.stopped)
 		}()
 		return nil
@@ -483,6 +499,7 @@ func (c *Conn) Close(ctx context.Context) error {
 		c.session.close()
 		c.wg.Wait()
 		c.pubs.Wait() // paho's writes fail once the manager has stopped
+		c.waitFleet()
 		close(c.stopped)
 	}()
 	if err != nil {
@@ -582,6 +599,9 @@ type connConfig struct {
 	quickAck          *bool
 	quickAckFromStart bool
 	logger            *slog.Logger
+	presence          *bool         // WithPresence; default on
+	onUp              func()        // WithOnConnectionUp
+	onDown            func(error)   // WithOnConnectionDown
 	beforeUp          func()        // tests: runs at the start of connectionUp
 	parkTime          time.Duration // tests: how long packets stay parked (0: parkTime)
 	onParked          func(n int)   // tests: see Conn.onParked

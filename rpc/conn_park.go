@@ -73,10 +73,19 @@ func (c *Conn) route(pr paho.PublishReceived) (bool, error) {
 	if c.manualAck && pr.Packet.QoS > 0 {
 		ack = c.ackFunc(pr)
 	}
+	own := false
+	if p := c.presence; p != nil && len(pr.Packet.Topic) == len(p.topic) && pr.Packet.Topic == p.topic {
+		p.observe(pr.Packet) // the own record: seen whoever claims it
+		own = true
+	}
 	for _, l := range *c.listeners.Load() {
 		if l.handle(pr.Packet, ack) {
 			return true, nil
 		}
+	}
+	if own {
+		ack() // the presence's own subscription: not the application's
+		return true, nil
 	}
 	if c.owned && pr.Packet.QoS > 0 {
 		c.park(pr.Packet, ack)

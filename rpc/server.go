@@ -46,6 +46,8 @@ type Server struct {
 
 	streamsMu sync.Mutex
 	streams   map[string]*serverStream // running streams by dedupKey, for their client's messages
+
+	fleet serverFleet // presence, health and labels (health.go)
 }
 
 type serverConfig struct {
@@ -67,8 +69,10 @@ type serverConfig struct {
 	dropHook            func(DropReason, string)
 	maxPayload          int
 	streamWindow        int
-	onCreditWait        func(seq int64) // tests: a stream's Send is about to wait for credit
-	errs                []error         // options given bad values
+	onCreditWait        func(seq int64)   // tests: a stream's Send is about to wait for credit
+	presence            *bool             // WithPresence; default on
+	labels              map[string]string // WithLabels
+	errs                []error           // options given bad values
 }
 
 type serviceConfig struct {
@@ -141,6 +145,7 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		streams: map[string]*serverStream{},
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
+	s.fleet.init(&cfg)
 	return s
 }
 
@@ -269,7 +274,11 @@ func (s *Server) filtersFor(svc *service, t *TopicTemplate) []string {
 
 // Start validates the configuration, subscribes to the services' topics and
 // begins serving. It waits for the subscriptions to be acknowledged (bounded
-// by ctx); they are restored after every reconnect.
+// by ctx); they are restored after every reconnect. With presence
+// (WithPresence, on by default) the server then appears in its
+// connection's retained presence record, and Start waits for that record
+// to be published too, so that a caller who looks after Start sees the
+// server.
 func (s *Server) Start(ctx context.Context) error {
 	if len(s.cfg.errs) > 0 {
 		return s.cfg.errs[0]
@@ -333,11 +342,13 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	s.announce(ctx)
 	return nil
 }
 
-// Shutdown stops taking calls, unsubscribes, and waits for running handlers
-// to finish. Requests that arrive meanwhile are answered Unavailable, so
+// Shutdown marks the server offline in its connection's presence record
+// (and waits for that to be published, bounded by ctx), stops taking
+// calls, unsubscribes, and waits for running handlers to finish. Requests that arrive meanwhile are answered Unavailable, so
 // their callers may retry elsewhere. If ctx ends first, the remaining
 // handlers' contexts are cancelled and ctx's error is returned.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -352,6 +363,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, svc := range s.services {
 		filters = append(filters, svc.filters...)
 	}
+	s.mu.Unlock()
+	// Offline first, so that callers stop sending before the server stops
+	// taking calls.
+	s.withdraw(ctx)
+	s.mu.Lock()
 	idle := s.idle
 	if idle == nil {
 		idle = make(chan struct{})

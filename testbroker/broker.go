@@ -24,6 +24,7 @@ type Broker struct {
 	addr   string // host:port actually bound; kept across restarts
 	logger *slog.Logger
 	faults *faultTable
+	wills  *willHolds
 
 	mu      sync.Mutex // serialises Close, Restart and access to current
 	current *instance  // nil once closed, or if a restart failed
@@ -42,8 +43,8 @@ func New(opts ...Option) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testbroker: listen: %w", err)
 	}
-	b := &Broker{addr: ln.Addr().String(), logger: cfg.logger, faults: new(faultTable)}
-	b.current, err = startInstance(ln, b.faults, b.logger)
+	b := &Broker{addr: ln.Addr().String(), logger: cfg.logger, faults: new(faultTable), wills: new(willHolds)}
+	b.current, err = startInstance(ln, b.faults, b.wills, b.logger)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +105,7 @@ func (b *Broker) Restart() error {
 	if err != nil {
 		return fmt.Errorf("testbroker: restart: %w", err)
 	}
-	b.current, err = startInstance(ln, b.faults, b.logger)
+	b.current, err = startInstance(ln, b.faults, b.wills, b.logger)
 	if err != nil {
 		return fmt.Errorf("testbroker: restart: %w", err)
 	}

@@ -25,6 +25,8 @@ type faultHook struct {
 	mqtt.HookBase
 	server     *mqtt.Server
 	faults     *faultTable
+	wills      *willHolds
+	retain     retainLock   // see retainlock.go
 	injector   *mqtt.Client // publishes delayed and duplicated copies
 	deliveries *deliveryScheduler
 
@@ -58,7 +60,7 @@ func (h *faultHook) ID() string { return "testbroker-faults" }
 
 // Provides tells mochi which hook methods to call.
 func (h *faultHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketEncode, mqtt.OnSessionEstablished}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketEncode, mqtt.OnSessionEstablished, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPacketRead, mqtt.OnPacketProcessed}, []byte{b})
 }
 
 // stop cancels delayed deliveries still pending and waits for running ones.

@@ -45,13 +45,14 @@ type instance struct {
 }
 
 // startInstance serves MQTT on ln, which it owns from then on.
-func startInstance(ln net.Listener, faults *faultTable, log *slog.Logger) (*instance, error) {
+func startInstance(ln net.Listener, faults *faultTable, wills *willHolds, log *slog.Logger) (*instance, error) {
 	server := mqtt.New(&mqtt.Options{
 		Capabilities:           capabilities(),
 		Logger:                 log,
 		SysTopicResendInterval: sysTopicInterval,
 	})
 	hook := newFaultHook(server, faults)
+	hook.wills = wills
 	gate := newSessionGateHook()
 	listener := newTrackingListener("testbroker", ln, gate.connectionDone)
 	err := server.AddHook(new(allowAllHook), nil)

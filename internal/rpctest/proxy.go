@@ -1,0 +1,88 @@
+package rpctest
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Proxy forwards TCP connections to a broker, so that a test can cut them
+// as a network failure would: the broker sees the socket close without a
+// DISCONNECT (and publishes the client's Will), the client sees its
+// connection drop and reconnects through the proxy.
+type Proxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+// NewProxy listens on a free loopback port and forwards to the broker at
+// brokerURL (mqtt://host:port); it stops at cleanup.
+func NewProxy(t *testing.T, brokerURL string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{ln: ln, target: strings.TrimPrefix(brokerURL, "mqtt://")}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.CutAll()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// URL is the proxy's broker URL.
+func (p *Proxy) URL() string { return "mqtt://" + p.ln.Addr().String() }
+
+// CutAll closes every forwarded connection at both ends and returns how
+// many pairs it cut. New connections are still accepted.
+func (p *Proxy) CutAll() int {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset, as a crash looks from afar
+		}
+		_ = c.Close()
+	}
+	return len(conns) / 2
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = client.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, client, server)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(client, server)
+		go p.pipe(server, client)
+	}
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	_, _ = io.Copy(dst, src)
+	_ = dst.Close()
+	_ = src.Close()
+}

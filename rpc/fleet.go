@@ -1,0 +1,741 @@
+package rpc
+
+// Discovery: a caller's live view of the presence records (docs/protocol.md,
+// "Fleet"), kept complete across reconnects, listed and watched.
+
+import (
+	"bytes"
+	"context"
+	"iter"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/google/uuid"
+)
+
+// Fleet is a live view of the servers that announce themselves through
+// presence: who is online, what they serve, their health and labels. Make
+// one with WatchFleet. Clients on the same Conn use it to fail fast
+// (WithFailFast) and to know whom a broadcast should hear from. A Fleet
+// is safe for concurrent use.
+type Fleet struct {
+	conn      *Conn
+	syncTopic string
+
+	mu       sync.RWMutex
+	records  map[string]*fleetRecord    // by client ID
+	idConns  map[string]map[string]bool // server ID → client IDs whose record lists it
+	gateways map[string]int             // service → online gateways serving it
+	complete bool                       // presence known complete on the current connection
+	token    string                     // the sync token awaited
+	tokenGen uint64                     // the connection generation it was sent on
+	changed  chan struct{}              // closed and replaced when complete changes
+	watchers map[*fleetWatcher]struct{} // Watch and broadcasts
+	closed   bool
+
+	malformed, stale atomic.Uint64
+
+	kick        chan struct{}
+	ctx         context.Context
+	cancel      context.CancelFunc
+	done        chan struct{} // closed when the sync goroutine has ended
+	removeRoute func()
+	removeHooks func()
+}
+
+// fleetRecord is the latest record of one connection.
+type fleetRecord struct {
+	rec      *presenceRecord // the last record; nil when only a removal was seen
+	seq      uint64
+	online   bool
+	since    time.Time
+	gen      uint64 // connection generation of the reader when received
+	received time.Time
+}
+
+// fleetWatcher receives the events of one Watch or broadcast.
+type fleetWatcher struct {
+	ch       chan FleetEvent
+	overflow bool // events were lost; ch is closed
+}
+
+const watchBuffer = 4096
+
+// ServerInfo describes one server as its presence record shows it.
+type ServerInfo struct {
+	// ID is the server ID, "" for a share-group member or gateway
+	// without one.
+	ID string
+	// ClientID is the MQTT client ID of the server's connection.
+	ClientID string
+	// ShareGroup is the server's share group, if any.
+	ShareGroup string
+	// Gateway reports a gateway: it serves targets it does not list.
+	Gateway bool
+	// Broadcast reports whether the server takes broadcasts.
+	Broadcast bool
+	// Online reports whether the server is online now.
+	Online bool
+	// Seq is the birth sequence of the connection's record.
+	Seq uint64
+	// Since is when the connection's state (online, offline) began.
+	Since time.Time
+	// Started is when the server started.
+	Started time.Time
+	// Labels are the application's labels (WithLabels).
+	Labels map[string]string
+	// Health is the server's overall health; NOT_SERVING when offline.
+	Health HealthStatus
+	// Services are the services the server serves.
+	Services []ServiceInfo
+}
+
+// ServiceInfo is one service of a server.
+type ServiceInfo struct {
+	// Name is the full service name.
+	Name string
+	// Methods are the service's method names.
+	Methods []string
+	// Health is the service's health; NOT_SERVING when the server is.
+	Health HealthStatus
+}
+
+// Serves reports whether the server serves service.
+func (s *ServerInfo) Serves(service string) bool {
+	return slices.ContainsFunc(s.Services, func(x ServiceInfo) bool { return x.Name == service })
+}
+
+// FleetEventKind says what happened to a server.
+type FleetEventKind int
+
+// The kinds of fleet events.
+const (
+	// ServerOnline: a server appeared or came back online.
+	ServerOnline FleetEventKind = iota + 1
+	// ServerOffline: a server went offline (its Will, its Shutdown, or its
+	// record was removed).
+	ServerOffline
+	// ServerChanged: an online server's record changed (health, labels,
+	// services).
+	ServerChanged
+)
+
+// String returns "online", "offline" or "changed".
+func (k FleetEventKind) String() string {
+	switch k {
+	case ServerOnline:
+		return "online"
+	case ServerOffline:
+		return "offline"
+	case ServerChanged:
+		return "changed"
+	}
+	return "unknown"
+}
+
+// FleetEvent is a change of one server.
+type FleetEvent struct {
+	Kind   FleetEventKind
+	Server ServerInfo
+}
+
+// WatchFleet subscribes to the presence records (mqttrpc/_presence/+) and
+// returns once presence is known complete (docs/protocol.md, "Known
+// complete"), or fails when ctx ends first. The Fleet follows every
+// change until Close, and resynchronises after each reconnect. The first
+// Fleet on a Conn is the one its Clients use to fail fast and to know whom
+// to expect in a broadcast.
+func WatchFleet(ctx context.Context, conn *Conn) (*Fleet, error) {
+	f := &Fleet{
+		conn:      conn,
+		syncTopic: presenceTopic(conn.clientID) + syncSuffix,
+		records:   map[string]*fleetRecord{},
+		idConns:   map[string]map[string]bool{},
+		gateways:  map[string]int{},
+		changed:   make(chan struct{}),
+		watchers:  map[*fleetWatcher]struct{}{},
+		kick:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	f.ctx, f.cancel = context.WithCancel(conn.ctx)
+	f.removeHooks = conn.hooks.addFleet(f)
+	f.removeRoute = conn.addListener(f.handle)
+	subs := []paho.SubscribeOptions{{Topic: presenceFilter, QoS: 1}, {Topic: f.syncTopic, QoS: 1}}
+	if err := conn.subscribe(ctx, subs); err != nil && CodeOf(err) != Unavailable {
+		f.removeRoute()
+		f.removeHooks()
+		f.cancel()
+		return nil, err
+	}
+	go f.run() // owned by the Fleet: Close ends and waits for it
+	f.poke()
+	if err := f.AwaitComplete(ctx); err != nil {
+		_ = f.Close(context.Background())
+		return nil, err
+	}
+	conn.fleet.CompareAndSwap(nil, f)
+	return f, nil
+}
+
+// Close stops following presence and unsubscribes. Watch iterators end.
+func (f *Fleet) Close(ctx context.Context) error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	f.complete = false
+	for w := range f.watchers {
+		close(w.ch)
+	}
+	f.watchers = nil
+	f.wakeLocked()
+	f.mu.Unlock()
+	f.conn.fleet.CompareAndSwap(f, nil)
+	f.removeHooks()
+	f.removeRoute()
+	f.cancel()
+	<-f.done
+	return f.conn.unsubscribe(ctx, []string{presenceFilter, f.syncTopic})
+}
+
+// Complete reports whether presence is known complete now: the Fleet has
+// every retained record as of its last synchronisation and its connection
+// has been up since.
+func (f *Fleet) Complete() bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.complete
+}
+
+// AwaitComplete waits until presence is known complete, or fails with
+// Unavailable when ctx ends first.
+func (f *Fleet) AwaitComplete(ctx context.Context) error {
+	for {
+		f.mu.RLock()
+		complete, closed, changed := f.complete, f.closed, f.changed
+		f.mu.RUnlock()
+		switch {
+		case complete:
+			return nil
+		case closed:
+			return Errorf(Canceled, "fleet closed")
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return wrapCause(Unavailable, ctx.Err(), "presence not known complete (not connected, or the broker did not echo the sync message)")
+		}
+	}
+}
+
+// Stats counts the presence messages the Fleet ignored: malformed ones
+// (not a valid record) and stale ones (an older birth sequence than the
+// record it has, such as a late Will).
+func (f *Fleet) Stats() (malformed, stale uint64) {
+	return f.malformed.Load(), f.stale.Load()
+}
+
+// Servers returns the online servers that serve service, or every online
+// server when service is "", ordered by ID and client ID.
+func (f *Fleet) Servers(service string) []ServerInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.serversLocked(service, false)
+}
+
+// serversLocked lists the servers of service ("": all), the offline ones
+// too if offline. f.mu is held.
+func (f *Fleet) serversLocked(service string, offline bool) []ServerInfo {
+	var out []ServerInfo
+	for clientID, r := range f.records {
+		if r.rec == nil || (!r.online && !offline) {
+			continue
+		}
+		for i := range r.rec.Servers {
+			si := serverInfo(clientID, r, &r.rec.Servers[i])
+			if si.ID != "" && !f.decidesLocked(si.ID, clientID) {
+				continue // a newer connection speaks for this ID
+			}
+			if service == "" || si.Serves(service) {
+				out = append(out, si)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b ServerInfo) int {
+		if c := strings.Compare(a.ID, b.ID); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ClientID, b.ClientID)
+	})
+	return out
+}
+
+// Server returns the server with this ID as the newest record that lists
+// it shows it, online or offline; false when no record lists it.
+func (f *Fleet) Server(id string) (ServerInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	clientID, r := f.decidingLocked(id)
+	if r == nil {
+		return ServerInfo{}, false
+	}
+	for i := range r.rec.Servers {
+		if r.rec.Servers[i].ID == id {
+			return serverInfo(clientID, r, &r.rec.Servers[i]), true
+		}
+	}
+	return ServerInfo{}, false
+}
+
+// Health checks a server's health as grpc.health.v1's Check does, from its
+// presence record: the service's status, or with service "" the server's
+// overall status. An offline server is NOT_SERVING. It fails with
+// NotFound for a server no record lists or a service it does not serve,
+// and with Unavailable while presence is not known complete.
+func (f *Fleet) Health(serverID, service string) (HealthStatus, error) {
+	if !f.Complete() {
+		return HealthUnknown, Errorf(Unavailable, "presence not known complete")
+	}
+	si, ok := f.Server(serverID)
+	if !ok {
+		return HealthUnknown, Errorf(NotFound, "no presence record lists server %q", serverID)
+	}
+	if service == "" {
+		return si.Health, nil
+	}
+	for _, svc := range si.Services {
+		if svc.Name == service {
+			return svc.Health, nil
+		}
+	}
+	return HealthUnknown, Errorf(NotFound, "server %q does not serve %s", serverID, service)
+}
+
+// Watch yields the servers it knows, as ServerOnline events for the online
+// ones and ServerOffline events for those whose record says offline, then
+// every change as it happens, until ctx ends, the loop stops or the Fleet is
+// closed. A reader that falls more than 4,096 events behind gets a
+// ResourceExhausted error and the iterator ends: list again with Servers
+// and watch anew. Health changes arrive as ServerChanged events.
+//
+//	for ev, err := range fleet.Watch(ctx) {
+//		if err != nil { ... }
+//		fmt.Println(ev.Kind, ev.Server.ID)
+//	}
+func (f *Fleet) Watch(ctx context.Context) iter.Seq2[FleetEvent, error] {
+	return func(yield func(FleetEvent, error) bool) {
+		w, initial := f.addWatcher(true)
+		if w == nil {
+			return
+		}
+		defer f.removeWatcher(w)
+		for _, ev := range initial {
+			if !yield(ev, nil) {
+				return
+			}
+		}
+		for {
+			select {
+			case ev, ok := <-w.ch:
+				if !ok {
+					f.mu.RLock()
+					overflow := w.overflow
+					f.mu.RUnlock()
+					if overflow {
+						yield(FleetEvent{}, Errorf(ResourceExhausted, "fleet watcher fell more than %d events behind; events were lost", watchBuffer))
+					}
+					return
+				}
+				if !yield(ev, nil) {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// addWatcher registers a watcher and, if initial, returns the online
+// servers as events, atomically with the registration. It returns nil
+// when the Fleet is closed.
+func (f *Fleet) addWatcher(initial bool) (*fleetWatcher, []FleetEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, nil
+	}
+	var events []FleetEvent
+	if initial {
+		for _, si := range f.serversLocked("", true) {
+			kind := ServerOnline
+			if !si.Online {
+				kind = ServerOffline
+			}
+			events = append(events, FleetEvent{Kind: kind, Server: si})
+		}
+	}
+	w := &fleetWatcher{ch: make(chan FleetEvent, watchBuffer)}
+	f.watchers[w] = struct{}{}
+	return w, events
+}
+
+func (f *Fleet) removeWatcher(w *fleetWatcher) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.watchers[w]; ok {
+		delete(f.watchers, w)
+		close(w.ch)
+	}
+}
+
+// --- keeping the view ---
+
+// connectionUp and connectionDown run on autopaho's goroutine.
+func (f *Fleet) connectionUp() { f.poke() }
+
+func (f *Fleet) connectionDown() {
+	f.mu.Lock()
+	if f.complete {
+		f.complete = false
+		f.wakeLocked()
+	}
+	f.token = ""
+	f.mu.Unlock()
+}
+
+func (f *Fleet) poke() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (f *Fleet) wakeLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// run synchronises after each (re)connection: once the subscriptions are
+// restored (and so the retained records resent), it publishes a sync
+// token and waits for it to come back (handle).
+func (f *Fleet) run() {
+	defer close(f.done)
+	for {
+		select {
+		case <-f.kick:
+		case <-f.ctx.Done():
+			return
+		}
+		if err := f.conn.waitReady(f.ctx); err != nil {
+			continue // poked again when the connection is up
+		}
+		token := uuid.NewString()
+		gen := f.conn.generation()
+		f.mu.Lock()
+		f.token, f.tokenGen = token, gen
+		f.mu.Unlock()
+		ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+		err := f.conn.publish(ctx, &paho.Publish{Topic: f.syncTopic, QoS: 1, Payload: []byte(token)})
+		cancel()
+		if err != nil && f.ctx.Err() == nil {
+			f.conn.logger.Warn("mqttrpc: publishing the fleet's sync message failed; retrying", "topic", f.syncTopic, "error", err)
+			timer := time.NewTimer(presenceRetry)
+			select {
+			case <-timer.C:
+				f.poke()
+			case <-f.ctx.Done():
+				timer.Stop()
+			}
+		}
+	}
+}
+
+// handle runs on paho's receive goroutine for every PUBLISH.
+func (f *Fleet) handle(p *paho.Publish, ack func()) bool {
+	if p.Topic == f.syncTopic {
+		ack()
+		f.synced(p.Payload)
+		return true
+	}
+	if !strings.HasPrefix(p.Topic, PresencePrefix) || strings.Contains(p.Topic[len(PresencePrefix):], "/") {
+		return false
+	}
+	ack()
+	pp, ok, why := parsePresence(p)
+	if !ok {
+		f.malformed.Add(1)
+		f.conn.logger.Warn("mqttrpc: ignored a malformed presence record", "topic", p.Topic, "reason", why)
+		return true
+	}
+	f.apply(pp, f.conn.generation())
+	return true
+}
+
+// synced completes presence when the awaited token comes back: records
+// not resent since the sync began were removed while the reader was away.
+func (f *Fleet) synced(payload []byte) {
+	f.mu.Lock()
+	if f.closed || f.token == "" || !bytes.Equal(payload, []byte(f.token)) {
+		f.mu.Unlock()
+		return
+	}
+	f.token = ""
+	for clientID, r := range f.records {
+		if r.gen < f.tokenGen {
+			f.replaceLocked(clientID, r, nil)
+		}
+	}
+	f.complete = true
+	f.wakeLocked()
+	f.mu.Unlock()
+}
+
+// apply takes one presence message into the view.
+func (f *Fleet) apply(pp parsedPresence, gen uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	old := f.records[pp.clientID]
+	if old != nil && pp.seq != 0 && pp.seq < old.seq {
+		f.stale.Add(1) // a late Will of an older connection
+		old.gen = gen  // the newer record is still the retained one, as far as we know
+		return
+	}
+	next := &fleetRecord{seq: pp.seq, gen: gen, received: time.Now()}
+	switch {
+	case pp.removed:
+		if old == nil {
+			return // nothing to remove
+		}
+		if pp.seq == 0 {
+			next.seq = old.seq
+		}
+		next.rec, next.since = old.rec, next.received
+	default:
+		next.rec = pp.record
+		next.online = pp.record.State == stateOnline
+		next.since = pp.record.Since
+		if !next.online && old != nil && old.seq == pp.seq && old.rec != nil && len(pp.record.Servers) < len(old.rec.Servers) {
+			// The Will lists the servers known at CONNECT; the online
+			// record of the same connection knows better.
+			next.rec = &presenceRecord{V: pp.record.V, ClientID: pp.clientID, Seq: pp.seq, State: stateOffline, Since: pp.record.Since, Servers: old.rec.Servers}
+		}
+		if !next.online {
+			next.since = next.received // the Will carries the time it was set up
+		}
+	}
+	f.replaceLocked(pp.clientID, old, next)
+}
+
+// replaceLocked puts next (nil: remove) in place of old for a connection,
+// keeps the indexes and tells the watchers. f.mu is held.
+func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
+	before := f.onlineServersLocked(clientID, old)
+	if old != nil && old.rec != nil {
+		for _, s := range old.rec.Servers {
+			if s.ID != "" {
+				delete(f.idConns[s.ID], clientID)
+				if len(f.idConns[s.ID]) == 0 {
+					delete(f.idConns, s.ID)
+				}
+			}
+			if s.Gateway && old.online {
+				for _, svc := range s.Services {
+					if f.gateways[svc.Name]--; f.gateways[svc.Name] <= 0 {
+						delete(f.gateways, svc.Name)
+					}
+				}
+			}
+		}
+	}
+	if next == nil {
+		delete(f.records, clientID)
+	} else {
+		f.records[clientID] = next
+		if next.rec != nil {
+			for _, s := range next.rec.Servers {
+				if s.ID != "" {
+					if f.idConns[s.ID] == nil {
+						f.idConns[s.ID] = map[string]bool{}
+					}
+					f.idConns[s.ID][clientID] = true
+				}
+				if s.Gateway && next.online {
+					for _, svc := range s.Services {
+						f.gateways[svc.Name]++
+					}
+				}
+			}
+		}
+	}
+	after := f.onlineServersLocked(clientID, next)
+	if len(f.watchers) == 0 {
+		return
+	}
+	for key, si := range before {
+		if _, still := after[key]; still {
+			continue
+		}
+		if si.ID != "" {
+			if c, r := f.decidingLocked(si.ID); r != nil && r.online && c != clientID {
+				continue // the ID lives on, on a newer connection
+			}
+		}
+		si.Online, si.Health = false, HealthNotServing
+		f.emitLocked(FleetEvent{Kind: ServerOffline, Server: si})
+	}
+	for key, si := range after {
+		prev, was := before[key]
+		switch {
+		case !was:
+			f.emitLocked(FleetEvent{Kind: ServerOnline, Server: si})
+		case !reflect.DeepEqual(prev, si):
+			f.emitLocked(FleetEvent{Kind: ServerChanged, Server: si})
+		}
+	}
+}
+
+// onlineServersLocked returns the online servers of a connection's record
+// by a key unique within the record.
+func (f *Fleet) onlineServersLocked(clientID string, r *fleetRecord) map[string]ServerInfo {
+	if r == nil || !r.online || r.rec == nil {
+		return nil
+	}
+	out := make(map[string]ServerInfo, len(r.rec.Servers))
+	for i := range r.rec.Servers {
+		s := &r.rec.Servers[i]
+		key := "id:" + s.ID
+		if s.ID == "" {
+			key = "anon:" + strconv.Itoa(i) + ":" + s.ShareGroup
+		}
+		si := serverInfo(clientID, r, s)
+		si.Since = time.Time{} // not a change of the server
+		out[key] = si
+	}
+	return out
+}
+
+// emitLocked hands an event to every watcher without blocking; a watcher
+// whose buffer is full loses its channel (closed) and learns it lost
+// events. f.mu is held.
+func (f *Fleet) emitLocked(ev FleetEvent) {
+	for w := range f.watchers {
+		select {
+		case w.ch <- ev:
+		default:
+			w.overflow = true
+			close(w.ch)
+			delete(f.watchers, w)
+		}
+	}
+}
+
+// decidingLocked returns the record that decides whether server ID is
+// online: the one with the highest birth sequence among those listing it.
+func (f *Fleet) decidingLocked(id string) (string, *fleetRecord) {
+	var bestID string
+	var best *fleetRecord
+	for clientID := range f.idConns[id] {
+		r := f.records[clientID]
+		if r == nil || r.rec == nil {
+			continue
+		}
+		if best == nil || r.seq > best.seq || (r.seq == best.seq && clientID < bestID) {
+			bestID, best = clientID, r
+		}
+	}
+	return bestID, best
+}
+
+func (f *Fleet) decidesLocked(id, clientID string) bool {
+	c, _ := f.decidingLocked(id)
+	return c == clientID
+}
+
+// serverInfo converts a record's entry.
+func serverInfo(clientID string, r *fleetRecord, s *presenceServer) ServerInfo {
+	si := ServerInfo{
+		ID: s.ID, ClientID: clientID, ShareGroup: s.ShareGroup, Gateway: s.Gateway, Broadcast: s.takesBroadcasts(),
+		Online: r.online, Seq: r.seq, Since: r.since, Started: s.Started, Labels: s.Labels,
+		Health: parseHealth(s.Health),
+	}
+	if !r.online {
+		si.Health = HealthNotServing
+	}
+	for _, svc := range s.Services {
+		h := parseHealth(svc.Health)
+		if !r.online {
+			h = HealthNotServing
+		}
+		si.Services = append(si.Services, ServiceInfo{Name: svc.Name, Methods: svc.Methods, Health: h})
+	}
+	return si
+}
+
+// --- what Clients ask ---
+
+// unavailable returns the fail-fast error for a unicast call to target, or
+// nil when the call should be published: presence is not known complete,
+// the target is online, or an online gateway may serve it.
+func (f *Fleet) unavailable(service, target string) *Error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if !f.complete {
+		return nil
+	}
+	clientID, r := f.decidingLocked(target)
+	switch {
+	case r != nil && r.online:
+		return nil
+	case f.gateways[service] > 0:
+		return nil
+	case r != nil:
+		return Errorf(Unavailable, "server %q is offline since %s (presence record of connection %s)", target, r.since.Format(time.RFC3339), clientID)
+	}
+	return Errorf(Unavailable, "no server %q is online: no presence record lists it", target)
+}
+
+// expected returns the IDs of the online servers that serve service and
+// take broadcasts; false when presence is not known complete.
+func (f *Fleet) expected(service string) (map[string]bool, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if !f.complete {
+		return nil, false
+	}
+	ids := map[string]bool{}
+	for id := range f.idConns {
+		_, r := f.decidingLocked(id)
+		if r == nil || !r.online {
+			continue
+		}
+		for _, s := range r.rec.Servers {
+			if s.ID == id && s.takesBroadcasts() && slices.ContainsFunc(s.Services, func(x presenceService) bool { return x.Name == service }) {
+				ids[id] = true
+			}
+		}
+	}
+	return ids, true
+}
+
+// failFast is the Fleet's check of a unary call before it is published.
+func (f *Fleet) failFast(cc *clientCall) error {
+	if cc.target == "" || cc.target == TargetAny || cc.target == TargetAll {
+		return nil
+	}
+	if err := f.unavailable(cc.service, cc.target); err != nil {
+		return err
+	}
+	return nil
+}
