@@ -2,9 +2,12 @@
 // gRPC: it describes services from their .proto files and calls their
 // methods with JSON, printing the answers as JSON.
 //
+//	mqttrpc [global flags] list [SERVICE]
 //	mqttrpc [global flags] describe SERVICE[/METHOD]
 //	mqttrpc [global flags] call [-t TARGET | --any] [-d JSON|@FILE|@-] [-H key=value]... [--timeout D] [--qos N] SERVICE/METHOD
 //	mqttrpc [global flags] broadcast [-d JSON] [--timeout D] SERVICE/METHOD
+//	mqttrpc [global flags] watch [SERVICE]
+//	mqttrpc [global flags] health [-t TARGET] [SERVICE]
 //
 // Global flags: --broker URL (env MQTTRPC_BROKER, default
 // mqtt://127.0.0.1:1883), --username, --password (env MQTTRPC_PASSWORD),
@@ -61,9 +64,12 @@ type app struct {
 const usageText = `usage: mqttrpc [global flags] COMMAND [flags] ARGS
 
 commands:
+  list [SERVICE]              the online servers (of SERVICE) and what they serve, from their presence records
   describe SERVICE[/METHOD]   print a service or method (or message) from the schema
   call SERVICE/METHOD         call a method: -t TARGET or --any, -d JSON|@FILE|@-, -H key=value, --timeout D, --qos N
   broadcast SERVICE/METHOD    call every server; one JSON line per answer
+  watch [SERVICE]             servers going online and offline, health changes, live (Ctrl-C ends)
+  health [-t TARGET] [SERVICE]  health as grpc.health.v1 Check answers; exits 0 when SERVING
 
 global flags:
 `
@@ -97,11 +103,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = a.call(ctx, rest)
 	case "broadcast":
 		err = a.broadcast(ctx, rest)
+	case "list":
+		err = a.list(ctx, rest)
+	case "watch":
+		err = a.watch(ctx, rest)
+	case "health":
+		err = a.health(ctx, rest)
 	case "help":
 		fs.Usage()
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "mqttrpc: unknown command %q; the commands are describe, call and broadcast (mqttrpc help)\n", cmd)
+		fmt.Fprintf(stderr, "mqttrpc: unknown command %q; the commands are list, describe, call, broadcast, watch and health (mqttrpc help)\n", cmd)
 		return exitUsage
 	}
 	return a.exit(err)

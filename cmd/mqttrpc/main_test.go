@@ -285,6 +285,120 @@ func TestCLITLSAndLogin(t *testing.T) {
 	}
 }
 
+// list, health and watch read the presence records: the servers online and
+// what they serve, their health (exit 0 only when SERVING), and changes as
+// they happen.
+func TestCLIFleet(t *testing.T) {
+	rpctest.EachBroker(t, func(t *testing.T, b *rpctest.Broker) {
+		dev1 := rpctest.UniqueID("fleet")
+		startServers(t, b.URL, dev1)
+		conn := rpctest.Dial(t, b.URL, rpc.WithClientID(rpctest.UniqueID("fleet-x")))
+		devX := rpctest.UniqueID("fleet")
+		sx := rpc.NewServer(conn, rpc.WithServerID(devX))
+		greeterv1.RegisterGreeterServer(sx, greeter{id: devX})
+		if err := sx.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		global := []string{"--broker", b.URL}
+
+		r := runCLI(t, "", append(global, "list", "mqttrpctest.stream.v1.Transfer")...)
+		r.want(t, 0)
+		var listed []serverJSON
+		for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			var s serverJSON
+			if err := json.Unmarshal([]byte(line), &s); err != nil {
+				t.Fatalf("list line %q: %v", line, err)
+			}
+			listed = append(listed, s)
+		}
+		// Other tests' servers share the broker: find ours.
+		var mine *serverJSON
+		for i := range listed {
+			if listed[i].ID == devX {
+				t.Errorf("list Transfer shows %s, which serves only the greeter", devX)
+			}
+			if listed[i].ID == dev1 {
+				mine = &listed[i]
+			}
+		}
+		if mine == nil || !mine.Online || mine.Health != "SERVING" || len(mine.Services) != 2 {
+			t.Fatalf("list: %s is %+v; want online, SERVING, two services (all: %s)", dev1, mine, r.stdout)
+		}
+
+		r = runCLI(t, "", append(global, "health", "-t", dev1)...)
+		r.want(t, 0)
+		if want := `{"server":"` + dev1 + `","status":"SERVING"}` + "\n"; r.stdout != want {
+			t.Errorf("health: %q, want %q", r.stdout, want)
+		}
+		if err := sx.SetHealth("mqttrpctest.greeter.v1.Greeter", rpc.HealthNotServing); err != nil {
+			t.Fatal(err)
+		}
+		rpctest.WaitFor(t, func() bool {
+			r = runCLI(t, "", append(global, "-o", "text", "health", "-t", devX, "mqttrpctest.greeter.v1.Greeter")...)
+			return r.code == 64+int(rpc.Unavailable)
+		})
+		if want := devX + " NOT_SERVING\n"; r.stdout != want {
+			t.Errorf("health of a NOT_SERVING service: %q, want %q", r.stdout, want)
+		}
+		r = runCLI(t, "", append(global, "health", "-t", "nobody-here")...)
+		r.want(t, 64+int(rpc.NotFound))
+
+		// watch: our server is there at once; its Shutdown shows as offline.
+		ctx, stop := context.WithCancel(rpctest.Context(t, 30*time.Second))
+		defer stop()
+		lines := &lineWriter{lines: make(chan string, 1024)}
+		done := make(chan int, 1)
+		go func() {
+			done <- run(ctx, append(global, "watch", "mqttrpctest.greeter.v1.Greeter"), strings.NewReader(""), lines, io.Discard)
+		}()
+		waitLine := func(event, id string) {
+			t.Helper()
+			timeout := time.After(20 * time.Second)
+			for {
+				select {
+				case line := <-lines.lines:
+					var s serverJSON
+					if err := json.Unmarshal([]byte(line), &s); err != nil {
+						t.Fatalf("watch line %q: %v", line, err)
+					}
+					if s.Event == event && s.ID == id {
+						return
+					}
+				case <-timeout:
+					t.Fatalf("watch: no %s event for %s", event, id)
+				}
+			}
+		}
+		waitLine("online", devX)
+		if err := sx.Shutdown(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		waitLine("offline", devX)
+		stop()
+		if code := <-done; code != 0 {
+			t.Errorf("watch ended by Ctrl-C: exit %d, want 0", code)
+		}
+	})
+}
+
+// lineWriter hands each line written to it to a channel.
+type lineWriter struct {
+	partial []byte
+	lines   chan string
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.lines <- string(w.partial[:i])
+		w.partial = w.partial[i+1:]
+	}
+}
+
 // describe prints services, methods and messages in .proto syntax, with
 // their comments.
 func TestCLIDescribe(t *testing.T) {
