@@ -25,7 +25,10 @@ import (
 
 // rpcFailure is a call that failed with an RPC error: the exit status is
 // 64 + its code.
-type rpcFailure struct{ err *rpc.Error }
+type rpcFailure struct {
+	err   *rpc.Error
+	quiet bool // already reported on stderr
+}
 
 func (f *rpcFailure) Error() string { return f.err.Error() }
 
@@ -354,15 +357,31 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 		return err
 	}
 	defer closeConn(conn)
+	// With the fleet's presence records, the broadcast knows whom to
+	// expect: it ends when they all answered, and names those that did not.
+	// Without (servers that publish none, or too slow a broker), it waits
+	// out --timeout.
+	fctx, fcancel := context.WithTimeout(ctx, min(f.timeout, 2*time.Second))
+	fleet, ferr := rpc.WatchFleet(fctx, conn)
+	fcancel()
+	if ferr == nil {
+		defer func() { _ = fleet.Close(context.Background()) }()
+	}
 	client := rpc.NewClient(conn)
 	defer func() { _ = client.Close(context.Background()) }()
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	stub := client.Stub(desc, string(m.Name()))
 	answers := 0
+	var missing []string
 	for r := range stub.Broadcast(ctx, req, func() any { return dynamicpb.NewMessage(m.Output()) }, opts...) {
 		if r.Target == "" && r.Err != nil {
 			return asFailure(r.Err) // the broadcast was not published
+		}
+		if r.Err != nil && !rpc.IsWireError(r.Err) {
+			// An expected server that did not answer.
+			missing = append(missing, fmt.Sprintf("%s (%s)", r.Target, rpc.CodeOf(r.Err)))
+			continue
 		}
 		answers++
 		if err := a.printReply(s, r); err != nil {
@@ -373,7 +392,15 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 	if answers == 1 {
 		noun = "answer"
 	}
-	fmt.Fprintf(a.stderr, "%d %s within %v\n", answers, noun, f.timeout)
+	switch {
+	case ferr != nil:
+		fmt.Fprintf(a.stderr, "%d %s within %v (no presence records: whom to expect is unknown)\n", answers, noun, f.timeout)
+	case len(missing) > 0:
+		fmt.Fprintf(a.stderr, "%d %s; did not answer: %s\n", answers, noun, strings.Join(missing, ", "))
+		return &rpcFailure{err: rpc.Errorf(rpc.DeadlineExceeded, "%d expected servers did not answer", len(missing)), quiet: true}
+	default:
+		fmt.Fprintf(a.stderr, "%d %s, every online server\n", answers, noun)
+	}
 	return nil
 }
 

@@ -67,7 +67,7 @@ commands:
   list [SERVICE]              the online servers (of SERVICE) and what they serve, from their presence records
   describe SERVICE[/METHOD]   print a service or method (or message) from the schema
   call SERVICE/METHOD         call a method: -t TARGET or --any, -d JSON|@FILE|@-, -H key=value, --timeout D, --qos N
-  broadcast SERVICE/METHOD    call every server; one JSON line per answer
+  broadcast SERVICE/METHOD    call every server; one JSON line per answer, then who did not answer
   watch [SERVICE]             servers going online and offline, health changes, live (Ctrl-C ends)
   health [-t TARGET] [SERVICE]  health as grpc.health.v1 Check answers; exits 0 when SERVING
 
@@ -126,7 +126,9 @@ func (a *app) exit(err error) int {
 	}
 	var rpcErr *rpcFailure
 	if errors.As(err, &rpcErr) {
-		a.printRPCError(rpcErr.err)
+		if !rpcErr.quiet {
+			a.printRPCError(rpcErr.err)
+		}
 		return exitRPC + int(rpcErr.err.Code())
 	}
 	msg := err.Error()

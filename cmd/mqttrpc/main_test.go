@@ -34,10 +34,15 @@ const (
 // name "fail" is refused with FailedPrecondition and metadata.
 type greeter struct {
 	greeterv1.UnimplementedGreeterServer
-	id string
+	id     string
+	silent bool // never answers: waits for the call's end
 }
 
 func (g greeter) SayHello(ctx context.Context, req *greeterv1.SayHelloRequest) (*greeterv1.SayHelloResponse, error) {
+	if g.silent {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	if req.GetName() == "fail" {
 		e := rpc.Errorf(rpc.FailedPrecondition, "the greeter is tired")
 		e.Meta().Set("retry-after", "5s")
@@ -190,8 +195,13 @@ func TestCLI(t *testing.T) {
 			t.Errorf("bidi stream: stdout %q, want %q", r.stdout, want)
 		}
 
-		r = runCLI(t, "", append(schema, "broadcast", "--timeout", "1s", "-d", `{"name":"all"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		// With the servers' presence records the broadcast ends once every
+		// online server answered, long before its 60 s.
+		r = runCLI(t, "", append(schema, "broadcast", "--timeout", "60s", "-d", `{"name":"all"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
 		r.want(t, 0)
+		if !strings.HasSuffix(r.stderr, "answers, every online server\n") {
+			t.Errorf("broadcast: stderr %q, want it to end when every online server answered", r.stderr)
+		}
 		got := map[string]string{}
 		for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
 			var reply struct {
@@ -396,6 +406,30 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		}
 		w.lines <- string(w.partial[:i])
 		w.partial = w.partial[i+1:]
+	}
+}
+
+// A broadcast names the online servers that did not answer, and exits
+// with DeadlineExceeded.
+func TestCLIBroadcastNamesTheSilent(t *testing.T) {
+	b := rpctest.NewTestbroker(t)
+	speaker, silent := rpctest.UniqueID("speaker"), rpctest.UniqueID("silent")
+	for _, g := range []greeter{{id: speaker}, {id: silent, silent: true}} {
+		conn := rpctest.Dial(t, b.URL, rpc.WithClientID(rpctest.UniqueID(g.id)))
+		s := rpc.NewServer(conn, rpc.WithServerID(g.id))
+		greeterv1.RegisterGreeterServer(s, g)
+		if err := s.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	}
+	r := runCLI(t, "", "--broker", b.URL, "--proto", greeterProto, "broadcast", "--timeout", "500ms", "-d", `{"name":"x"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")
+	r.want(t, 64+int(rpc.DeadlineExceeded))
+	if want := `{"server":"` + speaker + `","response":{"greeting":"hello x from ` + speaker + ` "}}` + "\n"; r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
+	}
+	if want := "1 answer; did not answer: " + silent + " (DeadlineExceeded)\n"; r.stderr != want {
+		t.Errorf("stderr %q, want %q", r.stderr, want)
 	}
 }
 
