@@ -289,6 +289,8 @@ func (s *Server) serve(req *request) {
 // nil *Error is no error; a nil response without an error is Internal, as
 // in gRPC: the caller would otherwise read an empty message as a real one.
 func (s *Server) runHandler(ctx context.Context, m *method, msg any) (resp any, err error) {
+	start := m.stats.begin()
+	defer func() { m.stats.end(start, err) }() // after the recover below has set err
 	defer func() {
 		if r := recover(); r != nil {
 			s.cfg.logger.Error("mqttrpc: handler panicked", "method", m.desc.MethodName, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))

@@ -379,7 +379,7 @@ func TestHealthInPresence(t *testing.T) {
 			t.Fatal(err)
 		}
 		ev := watchUntil(t, fleet, func(ev rpc.FleetEvent) bool {
-			return ev.Server.ID == id && ev.Kind == rpc.ServerChanged && len(ev.Server.Services) == 1 && ev.Server.Services[0].Health == rpc.HealthNotServing
+			return ev.Server.ID == id && len(ev.Server.Services) == 1 && ev.Server.Services[0].Health == rpc.HealthNotServing
 		})
 		if ev.Server.Health != rpc.HealthServing {
 			t.Errorf("overall health = %v, want SERVING", ev.Server.Health)
@@ -404,4 +404,49 @@ func TestHealthInPresence(t *testing.T) {
 			t.Errorf("SetHealth of an unknown service: %v", err)
 		}
 	})
+}
+
+// Per-method stats, as NATS micro's STATS: requests, errors, last error,
+// processing time, in flight, started.
+func TestServerMethodStats(t *testing.T) {
+	t.Parallel()
+	b := newTestbroker(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	svc := &echoService{handle: func(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+		switch in.GetValue() {
+		case "fail":
+			return nil, rpc.Errorf(rpc.FailedPrecondition, "not now")
+		case "hold":
+			entered <- struct{}{}
+			<-release
+		}
+		return in, nil
+	}}
+	id := uniqueID("st")
+	srv := startServer(t, b.url, svc, rpc.WithServerID(id))
+	if m := srv.Stats().Methods["/"+echoServiceName+"/Echo"]; m.Requests != 0 || m.Started.IsZero() {
+		t.Fatalf("before calls: %+v", m)
+	}
+	client := newClient(t, b.url)
+	for _, s := range []string{"a", "b"} {
+		if _, err := echo(testCtx(t), client, s, rpc.To(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := echo(testCtx(t), client, "fail", rpc.To(id))
+	wantCode(t, err, rpc.FailedPrecondition)
+	done := make(chan error, 1)
+	go func() { _, err := echo(testCtx(t), client, "hold", rpc.To(id)); done <- err }()
+	<-entered
+	m := srv.Stats().Methods["/"+echoServiceName+"/Echo"]
+	if m.Requests != 3 || m.Errors != 1 || m.LastError != "not now" || m.InFlight != 1 || m.ProcessingTime <= 0 || m.AverageProcessingTime != m.ProcessingTime/3 {
+		t.Fatalf("stats = %+v", m)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if m := srv.Stats().Methods["/"+echoServiceName+"/Ping"]; m.Requests != 0 {
+		t.Errorf("Ping stats = %+v", m)
+	}
 }

@@ -142,13 +142,14 @@ func (s *Server) findService(name string) *service {
 // and waits (bounded by ctx) until the record is published.
 func (s *Server) announce(ctx context.Context) {
 	f := &s.fleet
-	if !f.on || s.conn.presence == nil {
-		return
-	}
 	f.mu.Lock()
 	f.started = time.Now()
-	f.listed = true
+	listed := f.on && s.conn.presence != nil
+	f.listed = listed
 	f.mu.Unlock()
+	if !listed {
+		return
+	}
 	s.conn.presence.register(ctx, s)
 }
 

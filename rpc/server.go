@@ -97,6 +97,8 @@ type method struct {
 	stream     *StreamDesc
 	streamCall StreamingHandlerFunc
 
+	stats methodCounters // per-method stats (method_stats.go)
+
 	// Guarded by Server.mu.
 	running int        // handlers of this method running
 	queue   []*request // waiting requests, FIFO

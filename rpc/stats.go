@@ -28,6 +28,9 @@ type ServerStats struct {
 	Served uint64
 	// Dropped counts requests that got no answer or an early rejection, by reason.
 	Dropped map[DropReason]uint64
+	// Methods are the stats of each unary method, by procedure
+	// ("/service/method"), as NATS micro's STATS has them.
+	Methods map[string]MethodStats
 }
 
 // DropReason says why a request was dropped or rejected.
@@ -103,5 +106,6 @@ func (s *Server) Stats() ServerStats {
 			st.Dropped[r] = n
 		}
 	}
+	st.Methods = s.methodStats()
 	return st
 }
