@@ -30,6 +30,7 @@ var (
 	targets     = flag.Bool("targets", false, "check the ratio targets: raw paho, mqttrpc and mqttrpc without coalescing in alternating rounds, 64 B, on each broker")
 	rounds      = flag.Int("rounds", 5, "-targets: rounds per cell")
 	scale       = flag.Bool("scale", false, "run the scale measurements instead of the table")
+	fleetFlag   = flag.Bool("fleet", false, "run the fleet measurements on Mosquitto (presence at scale) instead of the table")
 	streams     = flag.Bool("streams", false, "run the stream throughput measurements (server and client streams next to raw paho) instead of the table")
 	duration    = flag.Duration("duration", 3*time.Second, "measured time per row")
 	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each row")
@@ -47,6 +48,10 @@ func main() {
 	log.SetFlags(0)
 	if *child != "" {
 		runHoldingServer(*child)
+		return
+	}
+	if *fleetChild != "" {
+		runFleetChild(*fleetChild)
 		return
 	}
 	if *quick || *targets {
@@ -67,6 +72,8 @@ func main() {
 		err = runScale()
 	case *streams:
 		err = runStreams()
+	case *fleetFlag:
+		err = runFleet()
 	case *quick:
 		err = runQuick()
 	case *targets:
