@@ -9,6 +9,7 @@ package rpc
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 )
@@ -99,6 +100,11 @@ type recvQueue struct {
 	granted int64                   // credit granted so far
 	err     error                   // the stream ended here
 	wake    chan struct{}           // one slot
+	// A gap: the peer said it had sent more than next messages (its
+	// keepalive's mqttrpc-sent, or its end marker) while next was
+	// awaited, and since awaitedSince next has not come.
+	awaited      int64
+	awaitedSince time.Time
 }
 
 func newRecvQueue(window int64) *recvQueue {
@@ -121,11 +127,49 @@ func (q *recvQueue) push(seq int64, p *paho.Publish, end bool) {
 	default:
 		if end {
 			q.endSeq = seq
+			q.sentLocked(seq) // the end says how many came before it
 		}
 		q.early[seq] = p
 	}
 	q.mu.Unlock()
 	q.signal()
+}
+
+// noteSent takes the peer's count of the data messages it has sent.
+func (q *recvQueue) noteSent(n int64) {
+	q.mu.Lock()
+	q.sentLocked(n)
+	q.mu.Unlock()
+}
+
+func (q *recvQueue) sentLocked(n int64) {
+	switch {
+	case n <= q.next:
+		if q.awaited < q.next {
+			q.awaitedSince = time.Time{}
+		}
+	case q.awaitedSince.IsZero() || q.awaited != q.next:
+		q.awaited, q.awaitedSince = q.next, time.Now()
+	}
+}
+
+// gap reports a message the peer has sent that has not arrived: pending
+// since the peer said so, lost when that was longer ago than limit.
+func (q *recvQueue) gap(limit time.Duration) (seq int64, pending, lost bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.awaitedSince.IsZero() || q.awaited != q.next || q.early[q.next] != nil {
+		return 0, false, false
+	}
+	return q.next, true, time.Since(q.awaitedSince) > limit
+}
+
+// ended reports whether the end marker has arrived (it may not be
+// consumed yet).
+func (q *recvQueue) ended() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.endSeq >= 0
 }
 
 // fail ends the queue with err; messages not yet consumed are dropped.

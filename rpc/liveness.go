@@ -1,9 +1,11 @@
 package rpc
 
 // Liveness of streams (docs/protocol.md, "Liveness"): each side sends a
-// credit message when it has been quiet for the keepalive interval, and
-// ends a stream whose peer it has not heard from for silenceFactor
-// intervals.
+// credit message with its count of messages sent when it has been quiet
+// for the keepalive interval, and ends a stream whose peer it has not
+// heard from for silenceFactor intervals (Unavailable), or one of whose
+// messages has not come that long after the peer said it sent it
+// (DataLoss).
 
 import (
 	"sync/atomic"
@@ -34,18 +36,19 @@ type liveness struct {
 }
 
 // startLiveness starts the keepalive: ping publishes a keepalive message
-// (it runs on the liveness goroutine, no lock held), silent ends the
-// stream.
-func startLiveness(interval time.Duration, ping func(), silent func()) *liveness {
+// and check decides, from how long the peer has been silent, whether the
+// stream is over (it ends it, and returns true); both run on the liveness
+// goroutine with no lock held.
+func startLiveness(interval time.Duration, ping func(), check func(silentFor time.Duration) (over bool)) *liveness {
 	l := &liveness{interval: interval, stop: make(chan struct{}), done: make(chan struct{})}
 	now := time.Now().UnixNano()
 	l.lastHeard.Store(now)
 	l.lastSent.Store(now)
-	go l.run(ping, silent)
+	go l.run(ping, check)
 	return l
 }
 
-func (l *liveness) run(ping, silent func()) {
+func (l *liveness) run(ping func(), check func(time.Duration) bool) {
 	defer close(l.done)
 	ticker := time.NewTicker(max(l.interval/4, time.Millisecond))
 	defer ticker.Stop()
@@ -54,8 +57,7 @@ func (l *liveness) run(ping, silent func()) {
 		case <-l.stop:
 			return
 		case now := <-ticker.C:
-			if now.Sub(time.Unix(0, l.lastHeard.Load())) > silenceFactor*l.interval {
-				silent()
+			if check(now.Sub(time.Unix(0, l.lastHeard.Load()))) {
 				return
 			}
 			if now.Sub(time.Unix(0, l.lastSent.Load())) >= l.interval {

@@ -22,6 +22,7 @@ const (
 	propWindow    = "mqttrpc-window"
 	propEnd       = "mqttrpc-end"
 	propKeepalive = "mqttrpc-keepalive"
+	propSent      = "mqttrpc-sent"
 )
 
 const (
@@ -68,14 +69,15 @@ func classifyRequest(p *paho.Publish) requestKind {
 type streamProps struct {
 	seq       int64
 	credit    int64
-	end       bool // a client's half-close
-	hasStatus bool // a server's final message (or a unary answer)
+	sent      int64 // a keepalive's count of data messages sent
+	end       bool  // a client's half-close
+	hasStatus bool  // a server's final message (or a unary answer)
 	target    string
 }
 
 // readStreamProps reads the stream properties of p.
 func readStreamProps(p *paho.Publish) streamProps {
-	sp := streamProps{seq: -1, credit: -1}
+	sp := streamProps{seq: -1, credit: -1, sent: -1}
 	if p.Properties == nil {
 		return sp
 	}
@@ -85,6 +87,8 @@ func readStreamProps(p *paho.Publish) streamProps {
 			sp.seq = parseCount(u.Value)
 		case propCredit:
 			sp.credit = parseCount(u.Value)
+		case propSent:
+			sp.sent = parseCount(u.Value)
 		case propEnd:
 			sp.end = u.Value == "1"
 		case propStatus:
@@ -167,6 +171,12 @@ func creditProps(credit int64, target string) paho.UserProperties {
 		user = append(user, paho.UserProperty{Key: propTarget, Value: target})
 	}
 	return user
+}
+
+// keepaliveProps are the properties of a keepalive: a credit message
+// that repeats the credit granted and counts the data messages sent.
+func keepaliveProps(credit, sent int64, target string) paho.UserProperties {
+	return append(creditProps(credit, target), paho.UserProperty{Key: propSent, Value: strconv.FormatInt(sent, 10)})
 }
 
 // halfCloseProps are the properties of a client's half-close, the seq-th

@@ -9,6 +9,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -105,6 +106,9 @@ type clientStream struct {
 	openSent    bool
 	live        *liveness // the keepalive, started with the open
 
+	// sentCount is sendSeq for the keepalive's goroutine.
+	sentCount atomic.Int64
+
 	// The sending goroutine's.
 	sendSeq    int64
 	opened     bool
@@ -181,18 +185,38 @@ func (st *clientStream) publishOpen(req any) error {
 	if c.streamKeepalive > 0 {
 		st.mu.Lock()
 		if !st.ended {
-			st.live = startLiveness(c.streamKeepalive, st.ping, func() {
-				st.breakWith(Errorf(Unavailable, "the server of the stream was silent for %v", silenceFactor*c.streamKeepalive))
-			})
+			st.live = startLiveness(c.streamKeepalive, st.ping, st.checkLiveness)
 		}
 		st.mu.Unlock()
 	}
 	return nil
 }
 
-// ping is the keepalive: a credit message that repeats the credit granted.
+// checkLiveness ends a stream whose server went silent (Unavailable) or
+// one of whose messages never came (DataLoss); once the final message is
+// in, nothing more is awaited.
+func (st *clientStream) checkLiveness(silentFor time.Duration) (over bool) {
+	limit := silenceFactor * st.client.streamKeepalive
+	seq, pending, lost := st.recv.gap(limit)
+	switch {
+	case lost:
+		st.breakWith(Errorf(DataLoss, "stream message %d from the server never arrived (it sent more %v ago)", seq, limit))
+		return true
+	case pending:
+		return false
+	case st.recv.ended():
+		return true
+	case silentFor > limit:
+		st.breakWith(Errorf(Unavailable, "the server of the stream was silent for %v", limit))
+		return true
+	}
+	return false
+}
+
+// ping is the keepalive: a credit message that repeats the credit granted
+// and counts the messages sent.
 func (st *clientStream) ping() {
-	p := st.message(creditProps(st.recv.credit(), ""), nil)
+	p := st.message(keepaliveProps(st.recv.credit(), st.sentCount.Load(), ""), nil)
 	if err := st.client.conn.publish(st.ctx, p); err != nil {
 		st.client.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", p.Topic, "error", err)
 	}
@@ -342,6 +366,9 @@ func (st *clientStream) sendError() error {
 	st.mu.Lock()
 	err := st.brokenErr
 	st.mu.Unlock()
+	if err == nil {
+		return io.EOF // the server ended the stream
+	}
 	var rpcErr *Error
 	if errors.Is(err, io.EOF) || (errors.As(err, &rpcErr) && rpcErr.wire) {
 		return io.EOF
@@ -374,8 +401,14 @@ func (st *clientStream) deliver(p *paho.Publish) {
 	if sp.credit >= 0 {
 		st.credit.grant(sp.credit)
 	}
+	if sp.sent >= 0 {
+		st.recv.noteSent(sp.sent)
+	}
 	switch {
 	case sp.seq >= 0:
+		if sp.hasStatus {
+			st.credit.fail(io.EOF) // the server is done: a Send waiting for credit returns
+		}
 		if sp.seq == 0 {
 			// The first server message carries the headers (a final
 			// one first carries the trailers too).
@@ -448,6 +481,9 @@ func (st *clientStream) Send(msg any) error {
 		if st.ctx.Err() != nil {
 			return st.localError(st.ctx.Err())
 		}
+		if errors.Is(err, io.EOF) {
+			return io.EOF // the server ended the stream: Receive has its status
+		}
 		return st.sendError()
 	}
 	payload, err := st.cc.cfg.codec.Marshal(msg)
@@ -459,6 +495,7 @@ func (st *clientStream) Send(msg any) error {
 	}
 	p := st.message(dataProps(st.sendSeq, 0), payload)
 	st.sendSeq++
+	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
 }
 
@@ -490,6 +527,7 @@ func (st *clientStream) CloseSend() error {
 	if err := st.waitAccepted(); err != nil {
 		return err
 	}
+	st.sentCount.Store(st.sendSeq + 1) // the half-close is numbered too
 	return st.publishAsync(st.message(halfCloseProps(st.sendSeq), nil))
 }
 

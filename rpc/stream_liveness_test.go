@@ -3,6 +3,7 @@ package rpc_test
 import (
 	"context"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -147,6 +148,77 @@ func TestStreamDeadline(t *testing.T) {
 		}
 		if cause := <-ended; !errors.Is(cause, context.DeadlineExceeded) {
 			t.Errorf("the capped handler's context ended with %v, want DeadlineExceeded", cause)
+		}
+	})
+}
+
+// A stream message that the broker loses while both sides live (the
+// stream can never deliver it in order) ends the stream with DataLoss,
+// within three keepalive intervals of the sender saying it sent more,
+// never with a silent gap. A window of 1 makes the lost message the only
+// one in flight, so that the fault drops it and nothing else.
+func TestStreamLostMessage(t *testing.T) {
+	t.Parallel()
+	// Long enough that no keepalive falls between the test's steps, which
+	// would be dropped in place of the message.
+	const keepalive = 300 * time.Millisecond
+	t.Run("server message", func(t *testing.T) {
+		t.Parallel()
+		b := newTestbroker(t)
+		proceed := make(chan struct{})
+		svc := &streamService{count: func(ctx context.Context, req *wrapperspb.Int64Value, stream rpc.ServerStreamingServer[wrapperspb.Int64Value]) error {
+			for i := range int64(10) {
+				if i == 1 {
+					<-proceed
+				}
+				if err := stream.Send(wrapperspb.Int64(i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}}
+		startStreamServer(t, b.url, svc, rpc.WithServerID("dev-1"))
+		client := newClient(t, b.url, rpc.WithStreamKeepalive(keepalive), rpc.WithStreamWindow(1))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream := openCount(t, ctx, client, 0, rpc.To("dev-1"))
+		if m, err := stream.Recv(); err != nil || m.GetValue() != 0 {
+			t.Fatalf("first message: %v, %v", m, err)
+		}
+		b.tb.DropPublishes(client.ResponseTopic(), 1) // message 1
+		close(proceed)
+		_, err := stream.Recv()
+		wantCode(t, err, rpc.DataLoss)
+	})
+	t.Run("client message", func(t *testing.T) {
+		t.Parallel()
+		b := newTestbroker(t)
+		seen := &countingInterceptor{}
+		startStreamServer(t, b.url, &streamService{}, rpc.WithServerID("dev-1"), rpc.WithStreamWindow(1), rpc.WithInterceptors(seen))
+		client := newClient(t, b.url, rpc.WithStreamKeepalive(keepalive))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cs, err := client.Stub(&streamDesc, "Sum").NewStream(ctx, rpc.To("dev-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := &rpc.GenericClientStream[wrapperspb.Int64Value, wrapperspb.Int64Value]{ClientStream: cs}
+		if err := sum.Send(wrapperspb.Int64(0)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return seen.received.Load() == 1 })     // message 0 is through
+		b.tb.DropPublishes("mqttrpc/"+streamServiceName+"/dev-1/Sum", 1) // message 1
+		if err := sum.Send(wrapperspb.Int64(1)); err != nil {
+			t.Fatal(err)
+		}
+		// Message 2 waits for credit the server never grants: it waits
+		// for 1. When the server gives up, Send learns the stream ended.
+		if err := sum.Send(wrapperspb.Int64(2)); !errors.Is(err, io.EOF) {
+			t.Fatalf("Send after the lost message: %v, want io.EOF", err)
+		}
+		_, err = sum.CloseAndRecv()
+		if e := wantCode(t, err, rpc.DataLoss); !rpc.IsWireError(e) {
+			t.Errorf("DataLoss did not come from the server: %v", e)
 		}
 	})
 }

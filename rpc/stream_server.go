@@ -11,6 +11,7 @@ import (
 	"io"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -33,6 +34,8 @@ type serverStream struct {
 	slots  chan struct{}  // publishes in flight
 	pubs   sync.WaitGroup // publish goroutines; Add under mu while !ended
 	live   *liveness      // nil when the caller asked for no keepalive
+	// sentCount is sendSeq for the keepalive's goroutine.
+	sentCount atomic.Int64
 
 	mu       sync.Mutex
 	ended    bool
@@ -88,9 +91,20 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 		st.recv = newRecvQueue(int64(s.cfg.streamWindow))
 	}
 	if keepalive > 0 { // before st is shared: streamMessage reads st.live
-		st.live = startLiveness(keepalive, st.ping, func() {
-			s.count(DropSilentPeer, p.Topic)
-			silenced(Errorf(Unavailable, "the caller of the stream was silent for %v", silenceFactor*keepalive))
+		limit := silenceFactor * keepalive
+		st.live = startLiveness(keepalive, st.ping, func(silentFor time.Duration) bool {
+			if st.recv != nil {
+				if seq, _, lost := st.recv.gap(limit); lost {
+					silenced(Errorf(DataLoss, "stream message %d from the caller never arrived (it sent more %v ago)", seq, limit))
+					return true
+				}
+			}
+			if silentFor > limit {
+				s.count(DropSilentPeer, p.Topic)
+				silenced(Errorf(Unavailable, "the caller of the stream was silent for %v", limit))
+				return true
+			}
+			return false
 		})
 	}
 	if key != "" {
@@ -163,8 +177,10 @@ func (st *serverStream) finish(handlerErr error) {
 		s.count(DropResponseFailed, p.Topic)
 		return // a message is missing: the caller sees the stream stall, then its deadline
 	}
-	if cause := context.Cause(st.ctx); st.ctx.Err() != nil && CodeOf(cause) == Unavailable {
-		handlerErr = cause // the caller went silent: if it hears us, it learns why
+	if cause := context.Cause(st.ctx); st.ctx.Err() != nil {
+		if e := new(Error); errors.As(cause, &e) {
+			handlerErr = e // liveness ended it: if the caller hears us, it learns why
+		}
 	}
 	var rpcErr *Error
 	if handlerErr != nil {
@@ -208,7 +224,7 @@ func (st *serverStream) ping() {
 	if st.recv != nil {
 		credit = st.recv.credit()
 	}
-	if err := st.s.publish(st.ctx, st.env.message(st.expiry(), creditProps(credit, st.target), nil)); err != nil {
+	if err := st.s.publish(st.ctx, st.env.message(st.expiry(), keepaliveProps(credit, st.sentCount.Load(), st.target), nil)); err != nil {
 		st.s.cfg.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", st.env.topic, "error", err)
 	}
 }
@@ -258,8 +274,13 @@ func (s *Server) streamMessage(p *paho.Publish) {
 	if sp.credit >= 0 {
 		st.credit.grant(sp.credit)
 	}
-	if sp.seq >= 0 && st.recv != nil {
-		st.recv.push(sp.seq, p, sp.end)
+	if st.recv != nil {
+		if sp.sent >= 0 {
+			st.recv.noteSent(sp.sent)
+		}
+		if sp.seq >= 0 {
+			st.recv.push(sp.seq, p, sp.end)
+		}
 	}
 }
 
@@ -319,6 +340,7 @@ func (st *serverStream) Send(msg any) error {
 	}
 	p := st.env.message(st.expiry(), user, payload)
 	st.sendSeq++
+	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
 }
 
