@@ -210,3 +210,63 @@ func TestStreamInterceptors(t *testing.T) {
 		}
 	}
 }
+
+// A connection cut mid-stream (testbroker disconnects the client; it
+// reconnects) does not resume the stream yet, but never leaves a silent
+// gap: the caller sees a prefix of the messages in order, then the end
+// (io.EOF, when nothing was lost) or a clear code, DataLoss or
+// Unavailable, within a few keepalive intervals, not at the deadline.
+func TestStreamConnectionCut(t *testing.T) {
+	t.Parallel()
+	for _, who := range []string{"server", "caller"} {
+		t.Run(who, func(t *testing.T) {
+			t.Parallel()
+			b := newTestbroker(t)
+			serverID, callerID := uniqueID("server"), uniqueID("caller")
+			svc := &streamService{count: func(ctx context.Context, req *wrapperspb.Int64Value, stream rpc.ServerStreamingServer[wrapperspb.Int64Value]) error {
+				for i := range int64(200) {
+					if err := stream.Send(wrapperspb.Int64(i)); err != nil {
+						return err
+					}
+				}
+				return nil
+			}}
+			srv := rpc.NewServer(dial(t, b.url, rpc.WithClientID(serverID)), rpc.WithServerID("dev-1"))
+			srv.RegisterService(&streamDesc, svc)
+			if err := srv.Start(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+			client := rpc.NewClient(dial(t, b.url, rpc.WithClientID(callerID)), rpc.WithStreamKeepalive(200*time.Millisecond), rpc.WithStreamWindow(8))
+			t.Cleanup(func() { _ = client.Close(context.Background()) })
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			stream := openCount(t, ctx, client, 0, rpc.To("dev-1"))
+			var n int64
+			var err error
+			for {
+				var m *wrapperspb.Int64Value
+				if m, err = stream.Recv(); err != nil {
+					break
+				}
+				if m.GetValue() != n {
+					t.Fatalf("message %d is %d: a gap or a copy reached the application", n, m.GetValue())
+				}
+				if n++; n == 50 {
+					id := map[string]string{"server": serverID, "caller": callerID}[who]
+					if err := b.tb.Disconnect(id); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			switch code := rpc.CodeOf(err); {
+			case errors.Is(err, io.EOF) && n == 200:
+				t.Logf("the stream survived the cut: %d messages", n)
+			case code == rpc.DataLoss, code == rpc.Unavailable:
+				t.Logf("after %d messages: %v", n, err)
+			default:
+				t.Fatalf("after %d messages: %v, want io.EOF after 200, DataLoss or Unavailable", n, err)
+			}
+		})
+	}
+}
