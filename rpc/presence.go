@@ -188,7 +188,10 @@ func (p *connPresence) observe(pub *paho.Publish) {
 		stale = true // a removal that names no connection is not ours
 	}
 	if stale {
-		p.published = 0
+		// A new revision, not published = 0: a publish of the record in
+		// flight now (its PUBACK not yet in) would mark the current
+		// revision published when it returns, and the repair would be lost.
+		p.rev++
 	}
 	p.mu.Unlock()
 	if stale {
