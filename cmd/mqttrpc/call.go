@@ -59,7 +59,7 @@ func parseCommand(name string, args []string, stderr io.Writer, register func(*f
 	fs.SetOutput(stderr)
 	register(fs)
 	if err := fs.Parse(args); err != nil {
-		return "", usagef("%s: %v", name, err)
+		return "", flagError{help: errors.Is(err, flag.ErrHelp)}
 	}
 	if fs.NArg() != 1 {
 		return "", usagef("%s takes one SERVICE/METHOD after its flags (got %d arguments)", name, fs.NArg())
@@ -117,7 +117,7 @@ func (a *app) readData(data string) ([]byte, error) {
 func (s *schema) decodeRequest(m protoreflect.MethodDescriptor, text []byte) (*dynamicpb.Message, error) {
 	msg := dynamicpb.NewMessage(m.Input())
 	if err := (protojson.UnmarshalOptions{Resolver: s.types}).Unmarshal(text, msg); err != nil {
-		return nil, usagef("the request is not a %s in JSON: %v", m.Input().FullName(), err)
+		return nil, usagef("not a valid %s in JSON: %v", m.Input().FullName(), err)
 	}
 	return msg, nil
 }
@@ -374,6 +374,7 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 	stub := client.Stub(desc, string(m.Name()))
 	answers := 0
 	var missing []string
+	var firstErr *rpc.Error // of a server that answered with an error
 	for r := range stub.Broadcast(ctx, req, func() any { return dynamicpb.NewMessage(m.Output()) }, opts...) {
 		if r.Target == "" && r.Err != nil {
 			return asFailure(r.Err) // the broadcast was not published
@@ -384,6 +385,9 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 			continue
 		}
 		answers++
+		if r.Err != nil && firstErr == nil {
+			firstErr = asError(r.Err)
+		}
 		if err := a.printReply(s, r); err != nil {
 			return err
 		}
@@ -400,6 +404,14 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 		return &rpcFailure{err: rpc.Errorf(rpc.DeadlineExceeded, "%d expected servers did not answer", len(missing)), quiet: true}
 	default:
 		fmt.Fprintf(a.stderr, "%d %s, every online server\n", answers, noun)
+	}
+	// The exit status: 0 when every answer was OK; else the code of the
+	// first error a server answered; Unavailable when nobody answered.
+	switch {
+	case firstErr != nil:
+		return &rpcFailure{err: firstErr, quiet: true}
+	case answers == 0:
+		return &rpcFailure{err: rpc.Errorf(rpc.Unavailable, "nobody answered"), quiet: true}
 	}
 	return nil
 }
@@ -467,9 +479,16 @@ func (a *app) printMetadataAlways(md rpc.Metadata) {
 	}
 }
 
-// asFailure makes err the failure of a call.
+// asFailure makes err the failure of a call: its exit status is 64 + the
+// code, but for InvalidArgument that the command itself found in what it
+// was given (a target with a "/", say), before anything was sent: a usage
+// error.
 func asFailure(err error) error {
-	return &rpcFailure{err: asError(err)}
+	e := asError(err)
+	if e.Code() == rpc.InvalidArgument && !rpc.IsWireError(err) {
+		return usagef("%s", e.Message())
+	}
+	return &rpcFailure{err: e}
 }
 
 func asError(err error) *rpc.Error {

@@ -29,6 +29,7 @@ type globalFlags struct {
 	protosets                  listFlag
 	output                     string
 	verbose                    bool
+	connectTimeout             time.Duration
 }
 
 // listFlag is a flag that may be given many times.
@@ -50,6 +51,7 @@ func (g *globalFlags) register(fs *flag.FlagSet) {
 	fs.Var(&g.protosets, "protoset", "schema: a `file` holding a FileDescriptorSet (protoc --descriptor_set_out --include_imports; repeatable)")
 	fs.StringVar(&g.output, "o", "json", "output `format`: json or text")
 	fs.BoolVar(&g.verbose, "v", false, "print response metadata (headers and trailers) on stderr")
+	fs.DurationVar(&g.connectTimeout, "connect-timeout", 3*time.Second, "how long to try to connect to the broker")
 }
 
 func envOr(key, def string) string {
@@ -59,12 +61,12 @@ func envOr(key, def string) string {
 	return def
 }
 
-// dialTimeout bounds the connection to the broker.
-const dialTimeout = 5 * time.Second
-
 // connect dials the broker as the global flags say.
 func (a *app) connect(ctx context.Context) (*rpc.Conn, error) {
 	g := &a.globals
+	if g.connectTimeout <= 0 {
+		return nil, usagef("--connect-timeout %v: want a positive duration", g.connectTimeout)
+	}
 	id := g.clientID
 	if id == "" {
 		id = "mqttrpc-cli-" + strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
@@ -72,7 +74,7 @@ func (a *app) connect(ctx context.Context) (*rpc.Conn, error) {
 	// One call and gone: TCP_QUICKACK from the first packet, so that stock
 	// Mosquitto (Nagle on) does not hold the answer 40 ms behind our
 	// delayed ACK.
-	opts := []rpc.ConnOption{rpc.WithClientID(id), rpc.WithDialTimeout(dialTimeout), rpc.WithTCPQuickAckFromStart()}
+	opts := []rpc.ConnOption{rpc.WithClientID(id), rpc.WithDialTimeout(g.connectTimeout), rpc.WithTCPQuickAckFromStart()}
 	if g.username != "" || g.password != "" {
 		opts = append(opts, rpc.WithCredentials(g.username, g.password))
 	}
@@ -90,7 +92,10 @@ func (a *app) connect(ctx context.Context) (*rpc.Conn, error) {
 		case rpc.PermissionDenied, rpc.Unauthenticated:
 			hint = "check --username and MQTTRPC_PASSWORD (or --password)"
 		case rpc.InvalidArgument:
-			hint = "check --client-id"
+			hint = "check --broker: a URL such as mqtt://127.0.0.1:1883"
+			if strings.Contains(err.Error(), "client identifier") || strings.Contains(err.Error(), "client ID") {
+				hint = "check --client-id"
+			}
 		}
 		var rerr *rpc.Error
 		if errors.As(err, &rerr) {

@@ -33,7 +33,7 @@ func (a *app) parseFleetCommand(name string, args []string, withTarget bool) (fl
 	}
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the broker's presence records")
 	if err := fs.Parse(args); err != nil {
-		return f, "", usagef("%s: %v", name, err)
+		return f, "", flagError{help: errors.Is(err, flag.ErrHelp)}
 	}
 	if fs.NArg() > 1 {
 		return f, "", usagef("%s takes at most one SERVICE after its flags (got %d arguments)", name, fs.NArg())

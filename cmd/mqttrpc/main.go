@@ -17,8 +17,8 @@
 //
 // The exit status is 0 when the call succeeded, 64 plus the status code
 // when it failed with an RPC error (grpcurl's convention: 68 for
-// DeadlineExceeded, 78 for Unimplemented), and 1 for a usage or
-// connection error.
+// DeadlineExceeded, 76 for Unimplemented, 78 for Unavailable), 1 for a
+// usage or connection error, and 130 when Ctrl-C cancelled the call.
 package main
 
 import (
@@ -41,10 +41,22 @@ func main() {
 
 // Exit statuses besides 64 + code.
 const (
-	exitOK    = 0
-	exitUsage = 1 // usage, schema and connection errors
-	exitRPC   = 64
+	exitOK          = 0
+	exitUsage       = 1 // usage, schema and connection errors
+	exitRPC         = 64
+	exitInterrupted = 130 // Ctrl-C during a call: 128 + SIGINT, as shells report it
 )
+
+// flagError is a command's flags that did not parse: the flag package has
+// said why and shown the usage already.
+type flagError struct{ help bool }
+
+func (e flagError) Error() string {
+	if e.help {
+		return "help requested"
+	}
+	return "bad flags"
+}
 
 // usageError is a mistake in the command line: its message says what to do.
 type usageError struct{ msg string }
@@ -116,6 +128,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "mqttrpc: unknown command %q; the commands are list, describe, call, broadcast, watch and health (mqttrpc help)\n", cmd)
 		return exitUsage
 	}
+	if err != nil && ctx.Err() != nil {
+		// Ctrl-C: the call was cancelled on the wire.
+		fmt.Fprintln(stderr, "mqttrpc: interrupted; the call was cancelled")
+		return exitInterrupted
+	}
 	return a.exit(err)
 }
 
@@ -123,6 +140,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 func (a *app) exit(err error) int {
 	if err == nil {
 		return exitOK
+	}
+	var fe flagError
+	if errors.As(err, &fe) {
+		if fe.help {
+			return exitOK
+		}
+		return exitUsage
 	}
 	var rpcErr *rpcFailure
 	if errors.As(err, &rpcErr) {

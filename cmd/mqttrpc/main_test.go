@@ -172,6 +172,13 @@ func TestCLI(t *testing.T) {
 			t.Errorf("RPC error: stderr %q, stdout %q; want stderr %q", r.stderr, r.stdout, want)
 		}
 
+		// A target that cannot be a topic level is the command's own
+		// finding: a usage error, not an RPC's.
+		r = runCLI(t, "", append(schema, "call", "-t", "a/b", "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		if r.code != 1 || !strings.Contains(r.stderr, "may not contain /") {
+			t.Errorf("-t a/b: exit %d, stderr %q; want 1 and the reason", r.code, r.stderr)
+		}
+
 		r = runCLI(t, "", append(schema, "call", "-t", "nobody", "--timeout", "300ms", "mqttrpctest.greeter.v1.Greeter/SayHello")...)
 		if r.code != 64+int(rpc.DeadlineExceeded) && r.code != 64+int(rpc.Unavailable) {
 			t.Errorf("call to nobody: exit %d (%s), want DeadlineExceeded or Unavailable", r.code, r.stderr)
@@ -220,11 +227,17 @@ func TestCLI(t *testing.T) {
 				t.Errorf("broadcast: %s answered %q, want %q (all: %v)", id, got[id], want, got)
 			}
 		}
+		// A server's error answer sets the exit status.
+		r = runCLI(t, "", append(schema, "broadcast", "--timeout", "60s", "-d", `{"name":"fail"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 64+int(rpc.FailedPrecondition))
+		if !strings.Contains(r.stdout, `"error":{"code":"FailedPrecondition","message":"the greeter is tired"}`) {
+			t.Errorf("broadcast of an error: stdout %q", r.stdout)
+		}
 	})
 }
 
 // Ctrl-C (the command's context ends) cancels a stream on the wire: the
-// handler's context ends, and the command exits with Canceled.
+// handler's context ends, and the command exits with 130.
 func TestCLIInterruptCancelsTheStream(t *testing.T) {
 	b := rpctest.NewTestbroker(t)
 	dev := rpctest.UniqueID("dev")
@@ -234,8 +247,8 @@ func TestCLIInterruptCancelsTheStream(t *testing.T) {
 	out := &interruptAfterLine{interrupt: interrupt}
 	var errOut bytes.Buffer
 	code := run(ctx, []string{"--broker", b.URL, "--proto", transferProto, "call", "-t", dev, "-d", `{"filter":"forever"}`, "mqttrpctest.stream.v1.Transfer/Watch"}, strings.NewReader(""), out, &errOut)
-	if code != 64+int(rpc.Canceled) {
-		t.Fatalf("exit %d, want %d (Canceled); stderr %q", code, 64+int(rpc.Canceled), errOut.String())
+	if code != exitInterrupted {
+		t.Fatalf("exit %d, want %d (interrupted); stderr %q", code, exitInterrupted, errOut.String())
 	}
 	select {
 	case err := <-watchEnded:
@@ -471,14 +484,24 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"--proto", greeterProto, "call", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "give -t TARGET"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/Nope"}, "has no method Nope; its methods: SayHello, SayHelloAgain"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "no.Such/M"}, "no service no.Such"},
-		{[]string{"--proto", greeterProto, "call", "-t", "x", "-d", `{"nam":1}`, "mqttrpctest.greeter.v1.Greeter/SayHello"}, "is not a mqttrpctest.greeter.v1.SayHelloRequest in JSON"},
+		{[]string{"--proto", greeterProto, "call", "-t", "x", "-d", `{"nam":1}`, "mqttrpctest.greeter.v1.Greeter/SayHello"}, "not a valid mqttrpctest.greeter.v1.SayHelloRequest in JSON"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "-H", "novalue", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "want key=value"},
 		{[]string{"--proto", "missing.proto", "describe"}, "--proto"},
-		{[]string{"--broker", "mqtt://127.0.0.1:1", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "cannot connect to the broker"},
+		{[]string{"--broker", "mqtt://127.0.0.1:1", "--connect-timeout", "100ms", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "is it running? set --broker"},
+		{[]string{"--broker", "127.0.0.1:1883", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "check --broker: a URL such as mqtt://"},
+		{[]string{"--proto", greeterProto, "call", "-bogus", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "flag provided but not defined: -bogus"},
 	} {
 		r := runCLI(t, "", tc.args...)
 		if r.code != 1 || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 1 and %q", tc.args, r.code, r.stderr, tc.want)
+		}
+		if strings.Count(r.stderr, tc.want) > 1 {
+			t.Errorf("%v: stderr says it twice: %q", tc.args, r.stderr)
+		}
+	}
+	for _, args := range [][]string{{"-h"}, {"help"}, {"call", "-h"}, {"list", "-h"}} {
+		if r := runCLI(t, "", args...); r.code != 0 || !strings.Contains(r.stderr, "-") {
+			t.Errorf("%v: exit %d, stderr %q; want 0 and the usage", args, r.code, r.stderr)
 		}
 	}
 }
