@@ -1,8 +1,9 @@
 package rpc
 
 // The user's view of streams, in grpc-go's shape (stream_interfaces.go
-// there): a ClientStream and a ServerStream of untyped messages, and the
-// generic types that generated code returns and handlers receive.
+// there): a ClientStream and a ServerStream of untyped messages, the
+// generic types that generated code returns and handlers receive, and
+// Stub.NewStream, which opens a stream through the client's interceptors.
 
 import (
 	"context"
@@ -239,3 +240,52 @@ func Messages[Res any](stream interface {
 		}
 	}
 }
+
+// NewStream opens a stream of a streaming method (ServiceDesc.Streams),
+// for generated code. A server stream's open is published by its one
+// SendMsg (the request); a client or bidi stream's at once. Errors of the
+// open come from the first SendMsg or RecvMsg. The stream lives until it
+// ends, its context is cancelled or its deadline (the context's, else the
+// client's default timeout) passes.
+func (s *Stub) NewStream(ctx context.Context, opts ...CallOption) (ClientStream, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	if s.stream == nil {
+		return nil, Errorf(Internal, "method %s of %s is not a streaming method: call Invoke", s.method, s.service)
+	}
+	cc := s.newCall(opts, "")
+	cc.template = s.template
+	if cc.target == TargetAll {
+		return nil, Errorf(InvalidArgument, "a stream cannot be addressed to _all: it has one server")
+	}
+	open := StreamingClientFunc(s.client.openStream)
+	if len(s.client.interceptors) > 0 {
+		open = chainStreamingClient(open, s.client.interceptors)
+	}
+	conn := open(context.WithValue(context.WithValue(ctx, streamDescKey{}, s.stream), callKey{}, cc))
+	return &clientStreamView{ctx: ctx, conn: conn}, nil
+}
+
+type streamDescKey struct{}
+
+// clientStreamView is the ClientStream over the conn that the
+// interceptors returned.
+type clientStreamView struct {
+	ctx  context.Context
+	conn StreamingClientConn
+}
+
+func (v *clientStreamView) Context() context.Context { return v.ctx }
+func (v *clientStreamView) Header() (Metadata, error) {
+	md := v.conn.ResponseHeader()
+	if cs, ok := v.conn.(*clientStream); ok && md == nil {
+		return nil, cs.brokenError()
+	}
+	return md, nil
+}
+func (v *clientStreamView) Trailer() Metadata   { return v.conn.ResponseTrailer() }
+func (v *clientStreamView) CloseSend() error    { return v.conn.CloseSend() }
+func (v *clientStreamView) SendMsg(m any) error { return v.conn.Send(m) }
+func (v *clientStreamView) RecvMsg(m any) error { return v.conn.Receive(m) }
+func (v *clientStreamView) CloseReceive() error { return v.conn.CloseReceive() }

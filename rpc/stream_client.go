@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttrpc/mqttrpc/codec"
 )
 
 // maxInflightPublishes bounds the publishes of one stream that wait for
@@ -23,55 +25,6 @@ const maxInflightPublishes = 64
 // noMessage is the "request" of a client or bidi stream's open, which
 // carries no message.
 type noMessage struct{}
-
-// NewStream opens a stream of a streaming method (ServiceDesc.Streams),
-// for generated code. A server stream's open is published by its one
-// SendMsg (the request); a client or bidi stream's at once. Errors of the
-// open come from the first SendMsg or RecvMsg. The stream lives until it
-// ends, its context is cancelled or its deadline (the context's, else the
-// client's default timeout) passes.
-func (s *Stub) NewStream(ctx context.Context, opts ...CallOption) (ClientStream, error) {
-	if s.err != nil {
-		return nil, s.err
-	}
-	if s.stream == nil {
-		return nil, Errorf(Internal, "method %s of %s is not a streaming method: call Invoke", s.method, s.service)
-	}
-	cc := s.newCall(opts, "")
-	cc.template = s.template
-	if cc.target == TargetAll {
-		return nil, Errorf(InvalidArgument, "a stream cannot be addressed to _all: it has one server")
-	}
-	open := StreamingClientFunc(s.client.openStream)
-	if len(s.client.interceptors) > 0 {
-		open = chainStreamingClient(open, s.client.interceptors)
-	}
-	conn := open(context.WithValue(context.WithValue(ctx, streamDescKey{}, s.stream), callKey{}, cc))
-	return &clientStreamView{ctx: ctx, conn: conn}, nil
-}
-
-type streamDescKey struct{}
-
-// clientStreamView is the ClientStream over the conn that the
-// interceptors returned.
-type clientStreamView struct {
-	ctx  context.Context
-	conn StreamingClientConn
-}
-
-func (v *clientStreamView) Context() context.Context { return v.ctx }
-func (v *clientStreamView) Header() (Metadata, error) {
-	md := v.conn.ResponseHeader()
-	if cs, ok := v.conn.(*clientStream); ok && md == nil {
-		return nil, cs.brokenError()
-	}
-	return md, nil
-}
-func (v *clientStreamView) Trailer() Metadata   { return v.conn.ResponseTrailer() }
-func (v *clientStreamView) CloseSend() error    { return v.conn.CloseSend() }
-func (v *clientStreamView) SendMsg(m any) error { return v.conn.Send(m) }
-func (v *clientStreamView) RecvMsg(m any) error { return v.conn.Receive(m) }
-func (v *clientStreamView) CloseReceive() error { return v.conn.CloseReceive() }
 
 // clientStream is the runtime's StreamingClientConn.
 type clientStream struct {
@@ -119,8 +72,8 @@ type clientStream struct {
 func (c *Client) openStream(ctx context.Context) StreamingClientConn {
 	desc, _ := ctx.Value(streamDescKey{}).(*StreamDesc)
 	cc, _ := ctx.Value(callKey{}).(*clientCall)
-	if cc == nil {
-		desc, cc = nil, &clientCall{}
+	if cc == nil || desc == nil {
+		desc, cc = nil, &clientCall{cfg: callConfig{codec: codec.Proto}}
 	}
 	st := &clientStream{
 		client:      c,
@@ -143,6 +96,7 @@ func (c *Client) openStream(ctx context.Context) StreamingClientConn {
 	st.env = streamEnvelope{qos: byte(cc.cfg.qos), responseTopic: c.responseTopic, contentType: responseContentType(cc.cfg.codec)}
 	var err error
 	if desc == nil {
+		st.desc = &StreamDesc{} // the stream is ended at once: every method reports err
 		err = Errorf(Internal, "a client interceptor opened a stream with a context that does not derive from the one it was given")
 	} else if st.corr, err = c.conn.responses.registerStream(st); err == nil {
 		st.env.correlationData = st.corr[:]
@@ -460,6 +414,11 @@ func (st *clientStream) Call() *Call { return &st.cc.Call }
 
 // Send implements StreamingClientConn.
 func (st *clientStream) Send(msg any) error {
+	select {
+	case <-st.broken:
+		return st.sendError()
+	default:
+	}
 	if !st.desc.ClientStreams {
 		if st.opened {
 			return Errorf(Internal, "a server-streaming call sends one request")

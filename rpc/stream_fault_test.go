@@ -270,3 +270,37 @@ func TestStreamConnectionCut(t *testing.T) {
 		})
 	}
 }
+
+// brokenContextInterceptor opens streams with a context that does not
+// derive from the one it was given.
+type brokenContextInterceptor struct{}
+
+func (brokenContextInterceptor) WrapUnary(next rpc.UnaryFunc) rpc.UnaryFunc { return next }
+
+func (brokenContextInterceptor) WrapStreamingClient(next rpc.StreamingClientFunc) rpc.StreamingClientFunc {
+	return func(context.Context) rpc.StreamingClientConn { return next(context.Background()) }
+}
+
+func (brokenContextInterceptor) WrapStreamingHandler(next rpc.StreamingHandlerFunc) rpc.StreamingHandlerFunc {
+	return next
+}
+
+// An interceptor that loses the call's context gets a stream whose every
+// method reports Internal; nothing panics and nothing is published.
+func TestStreamInterceptorLosesContext(t *testing.T) {
+	t.Parallel()
+	b := newTestbroker(t)
+	client := newClient(t, b.url, rpc.WithInterceptors(brokenContextInterceptor{}))
+	for _, method := range []string{"Count", "Sum"} {
+		cs, err := client.Stub(&streamDesc, method).NewStream(testCtx(t), rpc.To("dev-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantCode(t, cs.SendMsg(wrapperspb.Int64(1)), rpc.Internal)
+		wantCode(t, cs.RecvMsg(new(wrapperspb.Int64Value)), rpc.Internal)
+		if err := cs.CloseSend(); err != nil && rpc.CodeOf(err) != rpc.Internal {
+			t.Errorf("CloseSend: %v", err)
+		}
+		_ = cs.CloseReceive()
+	}
+}
