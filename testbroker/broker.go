@@ -21,10 +21,11 @@ const rebindTimeout = 5 * time.Second
 // Broker is an embedded MQTT 5 broker listening on a loopback TCP port.
 // Its methods are safe for concurrent use.
 type Broker struct {
-	addr   string // host:port actually bound; kept across restarts
-	logger *slog.Logger
-	faults *faultTable
-	wills  *willHolds
+	addr      string // host:port actually bound; kept across restarts
+	logger    *slog.Logger
+	packetLog *slog.Logger // WithPacketLog; nil logs no packets
+	faults    *faultTable
+	wills     *willHolds
 
 	mu      sync.Mutex // serialises Close, Restart and access to current
 	current *instance  // nil once closed, or if a restart failed
@@ -43,8 +44,8 @@ func New(opts ...Option) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testbroker: listen: %w", err)
 	}
-	b := &Broker{addr: ln.Addr().String(), logger: cfg.logger, faults: new(faultTable), wills: new(willHolds)}
-	b.current, err = startInstance(ln, b.faults, b.wills, b.logger)
+	b := &Broker{addr: ln.Addr().String(), logger: cfg.logger, packetLog: cfg.packetLog, faults: new(faultTable), wills: new(willHolds)}
+	b.current, err = startInstance(ln, b.faults, b.wills, b.logger, b.packetLog)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +106,7 @@ func (b *Broker) Restart() error {
 	if err != nil {
 		return fmt.Errorf("testbroker: restart: %w", err)
 	}
-	b.current, err = startInstance(ln, b.faults, b.wills, b.logger)
+	b.current, err = startInstance(ln, b.faults, b.wills, b.logger, b.packetLog)
 	if err != nil {
 		return fmt.Errorf("testbroker: restart: %w", err)
 	}

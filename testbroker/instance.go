@@ -45,7 +45,7 @@ type instance struct {
 }
 
 // startInstance serves MQTT on ln, which it owns from then on.
-func startInstance(ln net.Listener, faults *faultTable, wills *willHolds, log *slog.Logger) (*instance, error) {
+func startInstance(ln net.Listener, faults *faultTable, wills *willHolds, log, packetLog *slog.Logger) (*instance, error) {
 	server := mqtt.New(&mqtt.Options{
 		Capabilities:           capabilities(),
 		Logger:                 log,
@@ -61,6 +61,9 @@ func startInstance(ln net.Listener, faults *faultTable, wills *willHolds, log *s
 	}
 	if err == nil {
 		err = server.AddHook(gate, nil)
+	}
+	if err == nil && packetLog != nil {
+		err = server.AddHook(&packetLogHook{log: packetLog}, nil)
 	}
 	if err == nil {
 		err = server.AddListener(listener)

@@ -9,8 +9,9 @@ type Option interface {
 
 // config holds what the options set.
 type config struct {
-	addr   string
-	logger *slog.Logger
+	addr      string
+	logger    *slog.Logger
+	packetLog *slog.Logger // nil: packets are not logged
 }
 
 func defaultConfig() config {
@@ -38,4 +39,12 @@ func WithLogger(l *slog.Logger) Option {
 			c.logger = l
 		}
 	})
+}
+
+// WithPacketLog logs every MQTT packet the broker receives and sends to l,
+// one line each: type, client, and for a PUBLISH its topic, QoS, packet ID,
+// size and properties (never payloads or passwords). For people watching a
+// session; the default logs none. A nil l keeps the default.
+func WithPacketLog(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.packetLog = l })
 }

@@ -3,7 +3,9 @@
 //
 //	go run ./testbroker/cmd/testbroker -addr 127.0.0.1:1883 -v
 //
-// It prints the broker's URL on standard output; -v logs to standard error.
+// It prints the broker's URL on standard output; -v logs connections and
+// every packet (type, client, topic, properties; never payloads) to standard
+// error.
 package main
 
 import (
@@ -25,7 +27,8 @@ func main() {
 
 	opts := []testbroker.Option{testbroker.WithAddr(*addr)}
 	if *verbose {
-		opts = append(opts, testbroker.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+		opts = append(opts, testbroker.WithLogger(log), testbroker.WithPacketLog(log))
 	}
 	broker, err := testbroker.New(opts...)
 	if err != nil {
