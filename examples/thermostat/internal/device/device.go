@@ -115,6 +115,9 @@ func (t *Thermostat) step() {
 	default:
 		t.celsius -= 0.1
 	}
+	// Tenths of a degree, exactly: repeated += 0.1 drifts in binary
+	// (18.200000000000003), which every JSON reading would show.
+	t.celsius = math.Round(t.celsius*10) / 10
 }
 
 // Serve connects to the broker as device id (with a client ID of its own,
