@@ -450,3 +450,30 @@ func TestServerMethodStats(t *testing.T) {
 		t.Errorf("Ping stats = %+v", m)
 	}
 }
+
+// Two servers with IDs on one connection: the broker delivers a broadcast
+// once, the first takes it, and the record says the second does not, so a
+// broadcast does not wait for it.
+func TestBroadcastTwoServersOnOneConn(t *testing.T) {
+	t.Parallel()
+	b := newTestbroker(t)
+	conn := dial(t, b.url, rpc.WithClientID(uniqueID("shared")))
+	first, second := uniqueID("first"), uniqueID("second")
+	serveOn(t, conn, rpc.WithServerID(first))
+	serveOn(t, conn, rpc.WithServerID(second))
+	callerConn, fleet := watchFleet(t, b.url)
+	awaitOnline(t, fleet, first, second)
+	if si, _ := fleet.Server(second); si.Broadcast {
+		t.Fatalf("second server %+v takes broadcasts", si)
+	}
+	client := rpc.NewClient(callerConn)
+	t.Cleanup(func() { _ = client.Close(context.Background()) })
+	start := time.Now()
+	var got []string
+	for r := range rpc.Broadcast[wrapperspb.StringValue](shortCtx(t, 10*time.Second), client.Stub(&echoDesc, "Echo"), wrapperspb.String("x")) {
+		got = append(got, r.ServerID+" "+rpc.CodeOf(r.Err).String())
+	}
+	if len(got) != 1 || got[0] != first+" OK" || time.Since(start) > 5*time.Second {
+		t.Fatalf("replies %v after %v", got, time.Since(start))
+	}
+}

@@ -272,10 +272,24 @@ func (p *connPresence) publishOnce(ctx context.Context) bool {
 // server takes its own lock for its part.
 func (p *connPresence) recordLocked(seq uint64, state string, since time.Time) *presenceRecord {
 	r := &presenceRecord{V: recordVersion, ClientID: p.c.clientID, Seq: seq, State: state, Since: since.UTC(), Servers: make([]presenceServer, 0, len(p.servers))}
-	if state == stateOnline || len(p.servers) > 0 {
-		for _, s := range p.servers {
-			r.Servers = append(r.Servers, s.presenceEntry())
+	// A broadcast reaches a connection once, and the first of its servers
+	// that serves the service takes it: a later server of the same service
+	// on the same connection does not take broadcasts.
+	broadcastTaken := map[string]bool{}
+	for _, s := range p.servers {
+		e := s.presenceEntry()
+		if e.ID != "" && e.takesBroadcasts() {
+			shadowed := false
+			for _, svc := range e.Services {
+				shadowed = shadowed || broadcastTaken[svc.Name]
+				broadcastTaken[svc.Name] = true
+			}
+			if shadowed {
+				no := false
+				e.Broadcast = &no
+			}
 		}
+		r.Servers = append(r.Servers, e)
 	}
 	return r
 }

@@ -1,7 +1,6 @@
 package rpctest
 
 import (
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -16,9 +15,10 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+	frozen bool
+	wg     sync.WaitGroup
 }
 
 // NewProxy listens on a free loopback port and forwards to the broker at
@@ -59,12 +59,32 @@ func (p *Proxy) CutAll() int {
 	return len(conns) / 2
 }
 
+// Freeze makes the network go silent without closing anything: bytes in
+// both directions are dropped and new connections are closed at once, as
+// when a device loses its link. The broker notices only at its keepalive
+// timeout.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	p.frozen = true
+	p.mu.Unlock()
+}
+
+func (p *Proxy) isFrozen() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.frozen
+}
+
 func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		client, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.isFrozen() {
+			_ = client.Close()
+			continue
 		}
 		server, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -82,7 +102,18 @@ func (p *Proxy) accept() {
 
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.isFrozen() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	_ = dst.Close()
 	_ = src.Close()
 }
