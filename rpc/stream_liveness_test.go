@@ -222,3 +222,35 @@ func TestStreamLostMessage(t *testing.T) {
 		}
 	})
 }
+
+// A Shutdown whose context ends before a running stream's handler
+// returns ends the handler's context, and the caller hears Unavailable.
+func TestStreamShutdown(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		ended := make(chan error, 1)
+		srv := rpc.NewServer(dial(t, b.url, rpc.WithClientID(uniqueID("server"))), rpc.WithServerID("dev-1"))
+		srv.RegisterService(&streamDesc, &streamService{count: blockingCount(ended)})
+		if err := srv.Start(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		client := newClient(t, b.url)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream := openCount(t, ctx, client, 1, rpc.To("dev-1"))
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		shutdownCtx, stop := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer stop()
+		if err := srv.Shutdown(shutdownCtx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Shutdown = %v, want DeadlineExceeded (the stream still ran)", err)
+		}
+		if cause := <-ended; !errors.Is(cause, context.Canceled) {
+			t.Errorf("the handler's context ended with %v, want Canceled", cause)
+		}
+		_, err := stream.Recv()
+		if e := wantCode(t, err, rpc.Unavailable); !rpc.IsWireError(e) {
+			t.Errorf("Unavailable did not come from the server: %v", e)
+		}
+	})
+}

@@ -180,6 +180,9 @@ func (st *serverStream) finish(handlerErr error) {
 	if cause := context.Cause(st.ctx); st.ctx.Err() != nil {
 		if e := new(Error); errors.As(cause, &e) {
 			handlerErr = e // liveness ended it: if the caller hears us, it learns why
+		} else if s.baseCtx.Err() != nil {
+			// Shutdown gave up waiting and ended the handler.
+			handlerErr = Errorf(Unavailable, "server shut down while the stream ran")
 		}
 	}
 	var rpcErr *Error
@@ -207,7 +210,9 @@ func (st *serverStream) finish(handlerErr error) {
 	if err != nil {
 		rpcErr, tr = err, nil
 	}
-	ctx, cancel := context.WithDeadline(s.baseCtx, req.callerDeadline)
+	// Not under baseCtx: after a Shutdown that gave up, the final message
+	// still tells the caller why its stream ended.
+	ctx, cancel := context.WithDeadline(context.Background(), req.callerDeadline)
 	defer cancel()
 	final := st.env.message(st.expiry(), finalProps(st.sendSeq, rpcErr, headers, tr), nil)
 	if err := s.publish(ctx, final); err != nil {
