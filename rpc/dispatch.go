@@ -266,6 +266,10 @@ func (s *Server) serve(req *request) {
 		return
 	}
 	m := req.method
+	if m == nil && req.values.method == StatsMethod {
+		s.respond(ctx, req, call, cd, s.statsMessage(req.svc), nil) // method_stats.go
+		return
+	}
 	if m == nil || !m.template.match(p.Topic, call.service, &topicValues{}) {
 		s.respond(ctx, req, call, cd, nil, Errorf(Unimplemented, "method %s not implemented by service %s", req.values.method, call.service))
 		return

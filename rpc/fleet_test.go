@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mqttrpc/mqttrpc/internal/rpctest"
@@ -476,4 +478,46 @@ func TestBroadcastTwoServersOnOneConn(t *testing.T) {
 	if len(got) != 1 || got[0] != first+" OK" || time.Since(start) > 5*time.Second {
 		t.Fatalf("replies %v after %v", got, time.Since(start))
 	}
+}
+
+// Stats over MQTT: every server answers StatsMethod on each of its
+// services, to one caller or to a broadcast, in NATS micro's field names.
+func TestStatsOverMQTT(t *testing.T) {
+	t.Parallel()
+	eachBroker(t, func(t *testing.T, b *broker) {
+		ids := startDevices(t, b.url, uniqueID("sm"), 2, &echoService{})
+		conn, fleet := watchFleet(t, b.url)
+		awaitOnline(t, fleet, ids...)
+		client := rpc.NewClient(conn)
+		t.Cleanup(func() { _ = client.Close(context.Background()) })
+		for range 3 {
+			if _, err := echo(testCtx(t), client, "x", rpc.To(ids[0])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stats := new(structpb.Struct)
+		if err := client.Call(testCtx(t), echoServiceName, rpc.StatsMethod, &emptypb.Empty{}, stats, rpc.To(ids[0])); err != nil {
+			t.Fatal(err)
+		}
+		m := stats.AsMap()
+		eps, _ := m["endpoints"].([]any)
+		if m["id"] != ids[0] || m["service"] != echoServiceName || len(eps) != 2 {
+			t.Fatalf("stats = %v", m)
+		}
+		echoStats := eps[0].(map[string]any)
+		if echoStats["name"] != "Echo" || echoStats["num_requests"] != 3.0 || echoStats["num_errors"] != 0.0 || echoStats["processing_time"].(float64) <= 0 {
+			t.Fatalf("Echo stats = %v", echoStats)
+		}
+		// From the fleet, by broadcast: one answer per server.
+		got := map[string]bool{}
+		for r := range client.Broadcast(shortCtx(t, 10*time.Second), echoServiceName, rpc.StatsMethod, &emptypb.Empty{}, func() any { return new(structpb.Struct) }) {
+			if r.Err != nil {
+				t.Fatalf("reply %+v", r)
+			}
+			got[r.Target] = true
+		}
+		if len(got) != 2 || !got[ids[0]] || !got[ids[1]] {
+			t.Fatalf("stats from %v", got)
+		}
+	})
 }

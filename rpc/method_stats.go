@@ -5,9 +5,21 @@ package rpc
 // server started.
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
 )
+
+// StatsMethod is the method that every server answers on every service it
+// serves, with the per-method stats of that service (docs/protocol.md,
+// "Stats"): call it with To(id), or broadcast it, with any request
+// payload; the answer is a google.protobuf.Struct (in JSON, an object).
+//
+//	stats := new(structpb.Struct)
+//	err := client.Call(ctx, "example.thermostat.v1.Thermostat", rpc.StatsMethod, &emptypb.Empty{}, stats, rpc.To("dev-1"))
+const StatsMethod = "_stats"
 
 // MethodStats counts the calls of one unary method that reached its
 // handler (requests refused before, for overload or a bad payload, are in
@@ -92,4 +104,45 @@ func (s *Server) methodStats() map[string]MethodStats {
 		}
 	}
 	return out
+}
+
+// statsMessage is the answer to StatsMethod on one service, in NATS
+// micro's STATS field names.
+func (s *Server) statsMessage(svc *service) any {
+	s.fleet.mu.Lock()
+	started := s.fleet.started
+	s.fleet.mu.Unlock()
+	var endpoints []any
+	s.mu.Lock()
+	names := make([]string, 0, len(svc.methods))
+	for name, m := range svc.methods {
+		if m.desc != nil {
+			names = append(names, name)
+		}
+	}
+	s.mu.Unlock()
+	slices.Sort(names)
+	for _, name := range names {
+		st := svc.methods[name].stats.snapshot(started)
+		endpoints = append(endpoints, map[string]any{
+			"name":                    name,
+			"num_requests":            float64(st.Requests),
+			"num_errors":              float64(st.Errors),
+			"last_error":              st.LastError,
+			"processing_time":         float64(st.ProcessingTime.Nanoseconds()),
+			"average_processing_time": float64(st.AverageProcessingTime.Nanoseconds()),
+			"in_flight":               float64(st.InFlight),
+		})
+	}
+	msg, err := structpb.NewStruct(map[string]any{
+		"type":      "io.mqttrpc.stats_response",
+		"id":        s.cfg.serverID,
+		"service":   svc.desc.ServiceName,
+		"started":   started.UTC().Format(time.RFC3339Nano),
+		"endpoints": endpoints,
+	})
+	if err != nil {
+		return nil // unreachable: plain strings and numbers; runHandler-less answers treat nil as Internal
+	}
+	return msg
 }
