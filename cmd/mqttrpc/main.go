@@ -8,6 +8,7 @@
 //	mqttrpc [global flags] broadcast [-d JSON] [--timeout D] SERVICE/METHOD
 //	mqttrpc [global flags] watch [SERVICE]
 //	mqttrpc [global flags] health [-t TARGET] [SERVICE]
+//	mqttrpc [global flags] stats [-t TARGET] [SERVICE]
 //
 // Global flags: --broker URL (env MQTTRPC_BROKER, default
 // mqtt://127.0.0.1:1883), --username, --password (env MQTTRPC_PASSWORD),
@@ -67,10 +68,11 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 
 // app is one run of the command: its global flags and streams.
 type app struct {
-	globals globalFlags
-	stdin   io.Reader
-	stdout  io.Writer
-	stderr  io.Writer
+	globals   globalFlags
+	outputSet bool // -o was given (stats prints a table unless -o json)
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
 }
 
 const usageText = `usage: mqttrpc [global flags] COMMAND [flags] ARGS
@@ -82,6 +84,7 @@ commands:
   broadcast SERVICE/METHOD    call every server; one JSON line per answer, then who did not answer
   watch [SERVICE]             servers going online and offline, health changes, live (Ctrl-C ends)
   health [-t TARGET] [SERVICE]  health as grpc.health.v1 Check answers; exits 0 when SERVING
+  stats [-t TARGET] [SERVICE]   per-method stats, a table; of every online server without -t
 
 global flags:
 `
@@ -102,6 +105,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		return exitUsage
 	}
+	fs.Visit(func(f *flag.Flag) { a.outputSet = a.outputSet || f.Name == "o" })
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return exitUsage
@@ -121,11 +125,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = a.watch(ctx, rest)
 	case "health":
 		err = a.health(ctx, rest)
+	case "stats":
+		err = a.stats(ctx, rest)
 	case "help":
 		fs.Usage()
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "mqttrpc: unknown command %q; the commands are list, describe, call, broadcast, watch and health (mqttrpc help)\n", cmd)
+		fmt.Fprintf(stderr, "mqttrpc: unknown command %q; the commands are list, describe, call, broadcast, watch, health and stats (mqttrpc help)\n", cmd)
 		return exitUsage
 	}
 	if err != nil && ctx.Err() != nil {

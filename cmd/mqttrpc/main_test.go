@@ -366,6 +366,42 @@ func TestCLIFleet(t *testing.T) {
 		r = runCLI(t, "", append(global, "health", "-t", "nobody-here")...)
 		r.want(t, 64+int(rpc.NotFound))
 
+		// stats: the handler runs of each method, per server.
+		for _, name := range []string{"a", "fail"} {
+			runCLI(t, "", append(global, "--proto", greeterProto, "call", "-t", dev1, "-d", `{"name":"`+name+`"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		}
+		r = runCLI(t, "", append(global, "-o", "json", "stats", "-t", dev1, "mqttrpctest.greeter.v1.Greeter")...)
+		r.want(t, 0)
+		var st struct {
+			ID        string `json:"id"`
+			Endpoints []struct {
+				Name      string  `json:"name"`
+				Requests  float64 `json:"num_requests"`
+				Errors    float64 `json:"num_errors"`
+				LastError string  `json:"last_error"`
+			} `json:"endpoints"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+			t.Fatalf("stats -o json: %q: %v", r.stdout, err)
+		}
+		found := false
+		for _, e := range st.Endpoints {
+			if e.Name == "SayHello" {
+				found = true
+				if st.ID != dev1 || e.Requests != 2 || e.Errors != 1 || e.LastError != "the greeter is tired" {
+					t.Errorf("stats of SayHello on %s: %+v", st.ID, e)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("stats: no SayHello in %s", r.stdout)
+		}
+		r = runCLI(t, "", append(global, "stats", "-t", dev1)...)
+		r.want(t, 0)
+		if !strings.HasPrefix(r.stdout, "SERVER ") || !strings.Contains(r.stdout, "SayHello") || !strings.Contains(r.stdout, "the greeter is tired") {
+			t.Errorf("stats table:\n%s", r.stdout)
+		}
+
 		// watch: our server is there at once; its Shutdown shows as offline.
 		ctx, stop := context.WithCancel(rpctest.Context(t, 30*time.Second))
 		defer stop()
