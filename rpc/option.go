@@ -309,8 +309,10 @@ func WithStreamWindow(n int) ClientServerOption {
 // other for three intervals ends the stream, the client with Unavailable,
 // the server by ending the handler's context. So a stream whose peer died
 // (a killed process, a lost connection) ends within three intervals, not
-// at its deadline. 0 turns liveness off. Default: DefaultStreamKeepalive
-// (5 s); servers take at least 50 ms whatever the client asks.
+// at its deadline, and one whose message the broker lost ends with
+// DataLoss three intervals after the sender said it had sent it. 0 turns
+// liveness off. Default: DefaultStreamKeepalive (5 s); servers take at
+// least 50 ms whatever the client asks.
 func WithStreamKeepalive(d time.Duration) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) {
 		c.keepalive = d
