@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,6 +211,12 @@ func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
 			}
 		}
 		si.Online, si.Health = false, HealthNotServing
+		// Its services too, as serverInfo says of an offline record (the
+		// slice is the view's: copied, not written).
+		si.Services = slices.Clone(si.Services)
+		for i := range si.Services {
+			si.Services[i].Health = HealthNotServing
+		}
 		f.emitLocked(FleetEvent{Kind: ServerOffline, Server: si})
 	}
 	for key, si := range after {

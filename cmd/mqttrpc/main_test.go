@@ -402,7 +402,8 @@ func TestCLIFleet(t *testing.T) {
 			t.Errorf("stats table:\n%s", r.stdout)
 		}
 
-		// watch: our server is there at once; its Shutdown shows as offline.
+		// watch: our server is there at once; its death shows as offline,
+		// its services NOT_SERVING.
 		ctx, stop := context.WithCancel(rpctest.Context(t, 30*time.Second))
 		defer stop()
 		lines := &lineWriter{lines: make(chan string, 1024)}
@@ -421,6 +422,9 @@ func TestCLIFleet(t *testing.T) {
 						t.Fatalf("watch line %q: %v", line, err)
 					}
 					if s.Event == event && s.ID == id {
+						if event == "offline" && (s.Health != "NOT_SERVING" || len(s.Services) == 0 || s.Services[0].Health != "NOT_SERVING") {
+							t.Errorf("watch: an offline server shows %s, its services %+v; want NOT_SERVING", s.Health, s.Services)
+						}
 						return
 					}
 				case <-timeout:
@@ -429,7 +433,8 @@ func TestCLIFleet(t *testing.T) {
 			}
 		}
 		waitLine("online", devX)
-		if err := sx.Shutdown(rpctest.Context(t, 10*time.Second)); err != nil {
+		// Its connection closes under it: the broker publishes its Will.
+		if err := conn.Close(rpctest.Context(t, 10*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		waitLine("offline", devX)
