@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
+	"github.com/mqttrpc/mqttrpc/internal/protoopts"
 	mqttrpcv1 "github.com/mqttrpc/mqttrpc/proto/mqttrpc/v1"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
@@ -208,9 +209,9 @@ func serviceDesc(svc protoreflect.ServiceDescriptor) (*rpc.ServiceDesc, error) {
 		if mq := methodOpts.GetQos(); mq != mqttrpcv1.Qos_QOS_UNSPECIFIED {
 			q = mq
 		}
-		qos, err := qosOf(q)
+		qos, err := protoopts.QoS(q)
 		if err != nil {
-			return nil, fmt.Errorf("method %s: %v", m.FullName(), err)
+			return nil, fmt.Errorf("method %s: (mqttrpc.v1.method).qos: %v", m.FullName(), err)
 		}
 		input := m.Input()
 		if m.IsStreamingClient() || m.IsStreamingServer() {
@@ -261,17 +262,4 @@ func extension(opts proto.Message, ext protoreflect.ExtensionType, out proto.Mes
 	}
 	proto.Merge(out, proto.GetExtension(parsed, ext).(proto.Message))
 	return nil
-}
-
-// qosOf maps the option's enum to an MQTT QoS; unspecified means QoS 1.
-func qosOf(q mqttrpcv1.Qos) (rpc.QoS, error) {
-	switch q {
-	case mqttrpcv1.Qos_QOS_UNSPECIFIED, mqttrpcv1.Qos_QOS_AT_LEAST_ONCE:
-		return rpc.QoS1, nil
-	case mqttrpcv1.Qos_QOS_AT_MOST_ONCE:
-		return rpc.QoS0, nil
-	case mqttrpcv1.Qos_QOS_EXACTLY_ONCE:
-		return rpc.QoS2, nil
-	}
-	return 0, fmt.Errorf("unknown (mqttrpc.v1.method).qos %d", q)
 }

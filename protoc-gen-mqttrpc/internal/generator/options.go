@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
 
+	"github.com/mqttrpc/mqttrpc/internal/protoopts"
 	mqttrpcv1 "github.com/mqttrpc/mqttrpc/proto/mqttrpc/v1"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
@@ -36,7 +37,7 @@ func resolveService(file *protogen.File, service *protogen.Service) ([]methodSpe
 			return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.service).topic_template: %v", where, err)
 		}
 	}
-	serviceQoS, err := qosOf(serviceOpts.GetQos())
+	serviceQoS, err := protoopts.QoS(serviceOpts.GetQos())
 	if err != nil {
 		return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.service).qos: %v", where, err)
 	}
@@ -60,27 +61,13 @@ func resolveService(file *protogen.File, service *protogen.Service) ([]methodSpe
 			spec.topicTemplate = t
 		}
 		if q := methodOpts.GetQos(); q != mqttrpcv1.Qos_QOS_UNSPECIFIED {
-			if spec.qos, err = qosOf(q); err != nil {
+			if spec.qos, err = protoopts.QoS(q); err != nil {
 				return nil, fmt.Errorf("%s: invalid (mqttrpc.v1.method).qos: %v", where, err)
 			}
 		}
 		specs = append(specs, spec)
 	}
 	return specs, nil
-}
-
-// qosOf maps the option's enum to an MQTT QoS; unspecified means QoS 1.
-func qosOf(q mqttrpcv1.Qos) (rpc.QoS, error) {
-	switch q {
-	case mqttrpcv1.Qos_QOS_UNSPECIFIED, mqttrpcv1.Qos_QOS_AT_LEAST_ONCE:
-		return rpc.QoS1, nil
-	case mqttrpcv1.Qos_QOS_AT_MOST_ONCE:
-		return rpc.QoS0, nil
-	case mqttrpcv1.Qos_QOS_EXACTLY_ONCE:
-		return rpc.QoS2, nil
-	}
-	// An enum value from a newer options.proto than this generator knows.
-	return 0, fmt.Errorf("unknown value %d", q)
 }
 
 // idempotencyOf reads the standard idempotency_level option.
