@@ -174,6 +174,44 @@ func (s *schema) json(m proto.Message, indent bool) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
+// resolvedCall is a call's method found in the schema, with its request.
+type resolvedCall struct {
+	schema *schema
+	method protoreflect.MethodDescriptor
+	desc   *rpc.ServiceDesc   // the method's service, for the runtime
+	text   []byte             // the text of -d
+	req    *dynamicpb.Message // decoded from text; nil for a client stream, read as it is sent
+}
+
+// resolveCall finds the method name in the schema and reads the request of
+// -d (data). Broadcast (streams false) calls unary methods only.
+func (a *app) resolveCall(ctx context.Context, name, data string, streams bool) (*resolvedCall, error) {
+	s, err := a.loadSchema(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.method(name)
+	if err != nil {
+		return nil, err
+	}
+	if !streams && (m.IsStreamingClient() || m.IsStreamingServer()) {
+		return nil, usagef("broadcast: %s is a streaming method; broadcast calls unary methods", m.FullName())
+	}
+	rc := &resolvedCall{schema: s, method: m}
+	if rc.desc, err = serviceDesc(m.Parent().(protoreflect.ServiceDescriptor)); err != nil {
+		return nil, err
+	}
+	if rc.text, err = a.readData(data); err != nil {
+		return nil, err
+	}
+	if !m.IsStreamingClient() {
+		if rc.req, err = s.decodeRequest(m, rc.text); err != nil {
+			return nil, err
+		}
+	}
+	return rc, nil
+}
+
 // call runs the call command.
 func (a *app) call(ctx context.Context, args []string) error {
 	var f callFlags
@@ -199,28 +237,11 @@ func (a *app) call(ctx context.Context, args []string) error {
 	} else {
 		opts = append(opts, rpc.To(f.target))
 	}
-	s, err := a.loadSchema(ctx)
+	rc, err := a.resolveCall(ctx, name, f.data, true)
 	if err != nil {
 		return err
 	}
-	m, err := s.method(name)
-	if err != nil {
-		return err
-	}
-	desc, err := serviceDesc(m.Parent().(protoreflect.ServiceDescriptor))
-	if err != nil {
-		return err
-	}
-	text, err := a.readData(f.data)
-	if err != nil {
-		return err
-	}
-	var req *dynamicpb.Message
-	if !m.IsStreamingClient() {
-		if req, err = s.decodeRequest(m, text); err != nil {
-			return err
-		}
-	}
+	s, m, desc, text, req := rc.schema, rc.method, rc.desc, rc.text, rc.req
 	conn, err := a.connect(ctx)
 	if err != nil {
 		return err
@@ -329,29 +350,11 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := a.loadSchema(ctx)
+	rc, err := a.resolveCall(ctx, name, f.data, false)
 	if err != nil {
 		return err
 	}
-	m, err := s.method(name)
-	if err != nil {
-		return err
-	}
-	if m.IsStreamingClient() || m.IsStreamingServer() {
-		return usagef("broadcast: %s is a streaming method; broadcast calls unary methods", m.FullName())
-	}
-	desc, err := serviceDesc(m.Parent().(protoreflect.ServiceDescriptor))
-	if err != nil {
-		return err
-	}
-	text, err := a.readData(f.data)
-	if err != nil {
-		return err
-	}
-	req, err := s.decodeRequest(m, text)
-	if err != nil {
-		return err
-	}
+	s, m, desc, req := rc.schema, rc.method, rc.desc, rc.req
 	conn, err := a.connect(ctx)
 	if err != nil {
 		return err
