@@ -46,6 +46,7 @@ type Conn struct {
 	// without locking.
 	listeners   atomic.Pointer[[]*listener]
 	listenersMu sync.Mutex
+	snapshotMu  sync.Mutex // retainedSnapshot runs one at a time (reflection.go)
 	// parked holds QoS 1/2 packets nobody claimed yet, on a Conn made by
 	// Dial: a persistent session's redelivered requests arrive right after
 	// CONNACK, before the application has started its Server. They are

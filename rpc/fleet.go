@@ -100,6 +100,9 @@ type ServiceInfo struct {
 	Methods []string
 	// Health is the service's health; NOT_SERVING when the server is.
 	Health HealthStatus
+	// Schema is the version of the service's schema (docs/protocol.md,
+	// "Reflection"), for FetchSchema; "" when the server announces none.
+	Schema string
 }
 
 // Serves reports whether the server serves service.
@@ -199,7 +202,9 @@ func (f *Fleet) Close(ctx context.Context) error {
 	f.removeRoute()
 	f.cancel()
 	<-f.done
-	return f.conn.unsubscribe(ctx, []string{presenceFilter, f.syncTopic})
+	// The sync topic stays subscribed: a schema check of the Conn's may be
+	// using it (reflection.go), and nothing but tokens arrives there.
+	return f.conn.unsubscribe(ctx, []string{presenceFilter})
 }
 
 // Complete reports whether presence is known complete now: the Fleet has

@@ -80,8 +80,10 @@ func (f *Fleet) run() {
 // handle runs on paho's receive goroutine for every PUBLISH.
 func (f *Fleet) handle(p *paho.Publish, ack func()) bool {
 	if p.Topic == f.syncTopic {
+		if !f.synced(p.Payload) {
+			return false // not the awaited token: perhaps a schema check's (reflection.go)
+		}
 		ack()
-		f.synced(p.Payload)
 		return true
 	}
 	if !strings.HasPrefix(p.Topic, PresencePrefix) || strings.Contains(p.Topic[len(PresencePrefix):], "/") {
@@ -100,11 +102,13 @@ func (f *Fleet) handle(p *paho.Publish, ack func()) bool {
 
 // synced completes presence when the awaited token comes back: records
 // not resent since the sync began were removed while the reader was away.
-func (f *Fleet) synced(payload []byte) {
+// It reports whether the payload was the awaited token; others (an earlier
+// token of the Fleet's, a schema check's) are left to whoever awaits them.
+func (f *Fleet) synced(payload []byte) bool {
 	f.mu.Lock()
 	if f.closed || f.token == "" || !bytes.Equal(payload, []byte(f.token)) {
 		f.mu.Unlock()
-		return
+		return false
 	}
 	f.token = ""
 	for clientID, r := range f.records {
@@ -115,6 +119,7 @@ func (f *Fleet) synced(payload []byte) {
 	f.complete = true
 	f.wakeLocked()
 	f.mu.Unlock()
+	return true
 }
 
 // apply takes one presence message into the view.
@@ -302,7 +307,7 @@ func serverInfo(clientID string, r *fleetRecord, s *presenceServer) ServerInfo {
 		if !r.online {
 			h = HealthNotServing
 		}
-		si.Services = append(si.Services, ServiceInfo{Name: svc.Name, Methods: svc.Methods, Health: h})
+		si.Services = append(si.Services, ServiceInfo{Name: svc.Name, Methods: svc.Methods, Health: h, Schema: svc.Schema})
 	}
 	return si
 }

@@ -181,7 +181,13 @@ func (s *Server) presenceEntry() presenceServer {
 			methods = append(methods, name)
 		}
 		slices.Sort(methods)
-		services = append(services, presenceService{Name: svc.desc.ServiceName, Methods: methods})
+		ps := presenceService{Name: svc.desc.ServiceName, Methods: methods}
+		if !s.cfg.noReflection {
+			if sc := serviceSchema(ps.Name); sc != nil {
+				ps.Schema = sc.version
+			}
+		}
+		services = append(services, ps)
 	}
 	s.mu.Unlock()
 	f := &s.fleet

@@ -34,7 +34,9 @@ type connPresence struct {
 	rev        uint64    // bumped on every change of what the record says
 	published  uint64    // rev last published on connection seq
 	changed    chan struct{}
-	started    bool // the publisher runs
+	schemaSeq  uint64          // connection the schemas were checked on
+	schemaDone map[string]bool // schema topics checked on schemaSeq
+	started    bool            // the publisher runs
 	kick       chan struct{}
 	done       chan struct{} // closed when the publisher has ended
 }
@@ -244,6 +246,11 @@ func (p *connPresence) publishOnce(ctx context.Context) bool {
 	p.mu.Unlock()
 	if err := p.c.waitReady(ctx); err != nil {
 		return false // poked again when the connection is up
+	}
+	if state == stateOnline {
+		// Before the record: a record names only schemas the broker
+		// retains, so whoever reads it can fetch them at once.
+		p.ensureSchemas(ctx, seq)
 	}
 	pubCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := p.c.publish(pubCtx, recordPublish(rec))

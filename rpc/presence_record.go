@@ -60,6 +60,7 @@ type presenceService struct {
 	Name    string   `json:"name"`
 	Methods []string `json:"methods"`
 	Health  string   `json:"health"`
+	Schema  string   `json:"schema,omitempty"`
 }
 
 // takesBroadcasts reports whether the server subscribes to _all.

@@ -72,6 +72,7 @@ type serverConfig struct {
 	onCreditWait        func(seq int64)   // tests: a stream's Send is about to wait for credit
 	presence            *bool             // WithPresence; default on
 	labels              map[string]string // WithLabels
+	noReflection        bool              // WithReflection(false)
 	errs                []error           // options given bad values
 }
 
