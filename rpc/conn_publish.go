@@ -14,7 +14,8 @@ import (
 )
 
 // publish sends p and maps every failure to a Code, following DESIGN.md:
-// PUBACK 0x10 (no matching subscribers) is Unavailable, 0x87 PermissionDenied,
+// PUBACK 0x10 (no matching subscribers) is Unavailable unless p is retained
+// (the broker keeps it), 0x87 PermissionDenied,
 // 0x97 and 0x95 ResourceExhausted, a connection that is down Unavailable.
 //
 // The publish waits under ctx itself: when the connection goes down, the
@@ -72,7 +73,9 @@ func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
 			return contextError(ctx.Err(), "publishing")
 		}
 	}
-	if resp != nil && (resp.ReasonCode >= 0x80 || resp.ReasonCode == 0x10) {
+	// 0x10 on a retained message is no failure: the broker keeps it for
+	// subscribers to come (schemas, presence records).
+	if resp != nil && (resp.ReasonCode >= 0x80 || (resp.ReasonCode == 0x10 && !p.Retain)) {
 		return Errorf(codeForReason(resp.ReasonCode), "broker answered the publish on %q with reason 0x%02x (%s)", p.Topic, resp.ReasonCode, reasonText(resp.ReasonCode))
 	}
 	if err == nil {

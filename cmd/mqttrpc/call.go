@@ -185,8 +185,8 @@ type resolvedCall struct {
 
 // resolveCall finds the method name in the schema and reads the request of
 // -d (data). Broadcast (streams false) calls unary methods only.
-func (a *app) resolveCall(ctx context.Context, name, data string, streams bool) (*resolvedCall, error) {
-	s, err := a.loadSchema(ctx)
+func (a *app) resolveCall(ctx context.Context, name, data, target string, streams bool) (*resolvedCall, error) {
+	s, err := a.loadSchema(ctx, schemaWanted{name: name, target: target})
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +237,7 @@ func (a *app) call(ctx context.Context, args []string) error {
 	} else {
 		opts = append(opts, rpc.To(f.target))
 	}
-	rc, err := a.resolveCall(ctx, name, f.data, true)
+	rc, err := a.resolveCall(ctx, name, f.data, f.target, true)
 	if err != nil {
 		return err
 	}
@@ -350,7 +350,7 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rc, err := a.resolveCall(ctx, name, f.data, false)
+	rc, err := a.resolveCall(ctx, name, f.data, "", false)
 	if err != nil {
 		return err
 	}
@@ -364,11 +364,15 @@ func (a *app) broadcast(ctx context.Context, args []string) error {
 	// expect: it ends when they all answered, and names those that did not.
 	// Without (servers that publish none, or too slow a broker), it waits
 	// out --timeout.
-	fctx, fcancel := context.WithTimeout(ctx, min(f.timeout, 2*time.Second))
-	fleet, ferr := rpc.WatchFleet(fctx, conn)
-	fcancel()
-	if ferr == nil {
-		defer func() { _ = fleet.Close(context.Background()) }()
+	var ferr error
+	if a.fleet == nil { // else the schema came by reflection, with the fleet
+		fctx, fcancel := context.WithTimeout(ctx, min(f.timeout, 2*time.Second))
+		fleet, err := rpc.WatchFleet(fctx, conn)
+		fcancel()
+		ferr = err
+		if ferr == nil {
+			defer func() { _ = fleet.Close(context.Background()) }()
+		}
 	}
 	client := rpc.NewClient(conn)
 	defer func() { _ = client.Close(context.Background()) }()

@@ -11,11 +11,18 @@ import (
 // describe runs the describe command: a service, a method or a message of
 // the schema in .proto syntax, as grpcurl describe prints it; every service
 // without an argument.
-func (a *app) describe(args []string) error {
+func (a *app) describe(ctx context.Context, args []string) error {
 	if len(args) > 1 {
 		return usagef("describe takes at most one SERVICE[/METHOD] or message name")
 	}
-	s, err := a.loadSchema(context.Background())
+	var want schemaWanted
+	if len(args) == 1 {
+		want.name = args[0]
+	}
+	s, err := a.loadSchema(ctx, want)
+	if a.conn != nil {
+		defer closeConn(a.conn)
+	}
 	if err != nil {
 		return err
 	}

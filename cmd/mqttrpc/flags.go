@@ -61,8 +61,19 @@ func envOr(key, def string) string {
 	return def
 }
 
-// connect dials the broker as the global flags say.
+// connect dials the broker as the global flags say, once per run: the
+// schema by reflection and the command share the connection.
 func (a *app) connect(ctx context.Context) (*rpc.Conn, error) {
+	if a.conn != nil {
+		return a.conn, nil
+	}
+	conn, err := a.dial(ctx)
+	a.conn = conn
+	return conn, err
+}
+
+// dial dials the broker as the global flags say.
+func (a *app) dial(ctx context.Context) (*rpc.Conn, error) {
 	g := &a.globals
 	if g.connectTimeout <= 0 {
 		return nil, usagef("--connect-timeout %v: want a positive duration", g.connectTimeout)

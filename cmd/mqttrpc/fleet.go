@@ -47,23 +47,39 @@ func (a *app) parseFleetCommand(name string, args []string, withTarget bool) (fl
 	return f, fs.Arg(0), nil
 }
 
-// watchFleet connects and waits until presence is known complete.
+// watchFleet connects and waits until presence is known complete, once
+// per run (see connect).
 func (a *app) watchFleet(ctx context.Context, timeout time.Duration) (*rpc.Conn, *rpc.Fleet, error) {
 	conn, err := a.connect(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	if a.fleet != nil {
+		return conn, a.fleet, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	fleet, err := rpc.WatchFleet(wctx, conn)
 	if err != nil {
 		closeConn(conn)
+		a.conn = nil
 		if ctx.Err() == nil && wctx.Err() != nil {
 			return nil, nil, fmt.Errorf("the broker's presence records did not arrive within %v (--timeout)", timeout)
 		}
 		return nil, nil, asFailure(err)
 	}
+	a.fleet = fleet
 	return conn, fleet, nil
+}
+
+// sharedFleet is watchFleet for the schema by reflection, within
+// --connect-timeout.
+func (a *app) sharedFleet(ctx context.Context) (*rpc.Conn, *rpc.Fleet, error) {
+	conn, fleet, err := a.watchFleet(ctx, a.globals.connectTimeout)
+	if err != nil && strings.Contains(err.Error(), "(--timeout)") {
+		err = fmt.Errorf("the broker's presence records did not arrive within %v (--connect-timeout)", a.globals.connectTimeout)
+	}
+	return conn, fleet, err
 }
 
 func closeFleet(conn *rpc.Conn, fleet *rpc.Fleet) {

@@ -31,6 +31,8 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+
+	"github.com/mqttrpc/mqttrpc/rpc"
 )
 
 func main() {
@@ -73,6 +75,11 @@ type app struct {
 	stdin     io.Reader
 	stdout    io.Writer
 	stderr    io.Writer
+
+	// The run's connection and fleet view, made once when a command or
+	// the schema by reflection first needs them; the command closes them.
+	conn  *rpc.Conn
+	fleet *rpc.Fleet
 }
 
 const usageText = `usage: mqttrpc [global flags] COMMAND [flags] ARGS
@@ -114,7 +121,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var err error
 	switch cmd {
 	case "describe":
-		err = a.describe(rest)
+		err = a.describe(ctx, rest)
 	case "call":
 		err = a.call(ctx, rest)
 	case "broadcast":

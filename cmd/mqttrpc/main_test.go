@@ -521,7 +521,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"frobnicate"}, "unknown command"},
-		{[]string{"call", "-t", "x", "a.B/C"}, "no schema: give --proto"},
+		{[]string{"--broker", "mqtt://127.0.0.1:1", "--connect-timeout", "100ms", "call", "-t", "x", "a.B/C"}, "or give --proto FILE or --protoset FILE"},
 		{[]string{"--proto", greeterProto, "call", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "give -t TARGET"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/Nope"}, "has no method Nope; its methods: SayHello, SayHelloAgain"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "no.Such/M"}, "no service no.Such"},
@@ -544,6 +544,75 @@ func TestCLIUsageErrors(t *testing.T) {
 		if r := runCLI(t, "", args...); r.code != 0 || !strings.Contains(r.stderr, "-") {
 			t.Errorf("%v: exit %d, stderr %q; want 0 and the usage", args, r.code, r.stderr)
 		}
+	}
+}
+
+// Without --proto or --protoset the schema comes by reflection over MQTT
+// (docs/protocol.md, "Reflection"): describe, call (unary and a stream),
+// broadcast, on both brokers, with nothing but the broker's URL; and a
+// fleet whose servers announce no schema gets a message that says what
+// to do.
+func TestCLIReflection(t *testing.T) {
+	rpctest.EachBroker(t, func(t *testing.T, b *rpctest.Broker) {
+		dev := rpctest.UniqueID("dev")
+		startServers(t, b.URL, dev)
+		broker := []string{"--broker", b.URL}
+
+		r := runCLI(t, "", append(broker, "describe", "mqttrpctest.stream.v1.Transfer/Upload")...)
+		r.want(t, 0)
+		if !strings.Contains(r.stdout, "rpc Upload ( stream .mqttrpctest.stream.v1.Chunk ) returns ( .mqttrpctest.stream.v1.UploadResult );") {
+			t.Errorf("describe method by reflection: %q", r.stdout)
+		}
+		r = runCLI(t, "", append(broker, "describe", "mqttrpctest.stream.v1.Event")...)
+		r.want(t, 0)
+		if want := "mqttrpctest.stream.v1.Event is a message:\nmessage Event {\n  int64 seq = 1;\n  string text = 2;\n}\n"; r.stdout != want {
+			t.Errorf("describe message by reflection: %q, want %q", r.stdout, want)
+		}
+		r = runCLI(t, "", append(broker, "describe")...)
+		r.want(t, 0)
+		for _, want := range []string{"mqttrpctest.greeter.v1.Greeter is a service:", "mqttrpctest.stream.v1.Transfer is a service:"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("describe by reflection: no %q in %q", want, r.stdout)
+			}
+		}
+
+		r = runCLI(t, "", append(broker, "call", "-t", dev, "-d", `{"name":"ada"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 0)
+		if want := "{\n  \"greeting\": \"hello ada from " + dev + " \"\n}\n"; r.stdout != want {
+			t.Errorf("call by reflection: stdout %q, want %q", r.stdout, want)
+		}
+		r = runCLI(t, "", append(broker, "call", "-t", dev, "-d", `{"filter":"f"}`, "mqttrpctest.stream.v1.Transfer/Watch")...)
+		r.want(t, 0)
+		if want := "{\"text\":\"f\"}\n{\"seq\":\"1\",\"text\":\"f\"}\n{\"seq\":\"2\",\"text\":\"f\"}\n"; r.stdout != want {
+			t.Errorf("server stream by reflection: stdout %q, want %q", r.stdout, want)
+		}
+		r = runCLI(t, "", append(broker, "broadcast", "--timeout", "60s", "-d", `{"name":"all"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 0)
+		if !strings.Contains(r.stdout, `"greeting":"hello all from `+dev+` "`) || !strings.HasSuffix(r.stderr, "every online server\n") {
+			t.Errorf("broadcast by reflection: stdout %q, stderr %q", r.stdout, r.stderr)
+		}
+		// A target that is not online fails at once: the fleet that
+		// brought the schema makes the call fail fast.
+		r = runCLI(t, "", append(broker, "call", "-t", "nobody", "--timeout", "60s", "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		r.want(t, 64+int(rpc.Unavailable))
+		r = runCLI(t, "", append(broker, "call", "-t", dev, "no.such.v1.Service/Method")...)
+		if r.code != 1 || !strings.Contains(r.stderr, "no service no.such.v1.Service") {
+			t.Errorf("unknown service by reflection: exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
+
+	// Servers that announce no schema.
+	b := rpctest.NewTestbroker(t)
+	conn := rpctest.Dial(t, b.URL, rpc.WithClientID(rpctest.UniqueID("dev")))
+	s := rpc.NewServer(conn, rpc.WithServerID("quiet"), rpc.WithReflection(false))
+	greeterv1.RegisterGreeterServer(s, greeter{id: "quiet"})
+	if err := s.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	r := runCLI(t, "", "--broker", b.URL, "call", "-t", "quiet", "mqttrpctest.greeter.v1.Greeter/SayHello")
+	if r.code != 1 || !strings.Contains(r.stderr, "no online server announces one by reflection") || !strings.Contains(r.stderr, "give --proto FILE") {
+		t.Errorf("no schema announced: exit %d, stderr %q; want 1, why, and what to do", r.code, r.stderr)
 	}
 }
 

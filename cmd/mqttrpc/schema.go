@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/bufbuild/protocompile"
@@ -27,19 +28,24 @@ type schema struct {
 	types *dynamicpb.Types
 }
 
-// loadSchema reads the schema the global flags name.
-func (a *app) loadSchema(ctx context.Context) (*schema, error) {
+// schemaWanted says what a command needs from the schema when it comes
+// by reflection: the name it looks up (SERVICE/METHOD, SERVICE, a
+// message; "" for every service) and the server it calls, whose own
+// version of the schema is the one to use.
+type schemaWanted struct {
+	name   string
+	target string
+}
+
+// loadSchema reads the schema the global flags name (--proto, --protoset)
+// or, without them, the one the fleet's servers announce (reflection over
+// MQTT, docs/protocol.md "Reflection").
+func (a *app) loadSchema(ctx context.Context, want schemaWanted) (*schema, error) {
 	g := &a.globals
 	if len(g.protoFiles) == 0 && len(g.protosets) == 0 {
-		return nil, usagef("no schema: give --proto FILE (with -I DIR for its imports) or --protoset FILE")
+		return a.reflectSchema(ctx, want)
 	}
 	files := new(protoregistry.Files)
-	add := func(fd protoreflect.FileDescriptor) error {
-		if _, err := files.FindFileByPath(fd.Path()); err == nil {
-			return nil // imported by two files
-		}
-		return files.RegisterFile(fd)
-	}
 	for _, path := range g.protosets {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -49,17 +55,8 @@ func (a *app) loadSchema(ctx context.Context) (*schema, error) {
 		if err := proto.Unmarshal(data, &set); err != nil {
 			return nil, fmt.Errorf("--protoset %s: not a FileDescriptorSet: %v", path, err)
 		}
-		fds, err := protodesc.NewFiles(&set)
-		if err != nil {
-			return nil, fmt.Errorf("--protoset %s: %v (was it written with --include_imports?)", path, err)
-		}
-		var regErr error
-		fds.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
-			regErr = add(fd)
-			return regErr == nil
-		})
-		if regErr != nil {
-			return nil, fmt.Errorf("--protoset %s: %v", path, regErr)
+		if err := addSet(files, &set); err != nil {
+			return nil, fmt.Errorf("--protoset %s: %v", path, err)
 		}
 	}
 	if len(g.protoFiles) > 0 {
@@ -74,6 +71,97 @@ func (a *app) loadSchema(ctx context.Context) (*schema, error) {
 		}
 	}
 	return &schema{files: files, types: dynamicpb.NewTypes(files)}, nil
+}
+
+// addSet registers the files of a FileDescriptorSet that files does not
+// have yet.
+func addSet(files *protoregistry.Files, set *descriptorpb.FileDescriptorSet) error {
+	fds, err := protodesc.NewFiles(set)
+	if err != nil {
+		return fmt.Errorf("%v (was it written with --include_imports?)", err)
+	}
+	var regErr error
+	fds.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		if _, err := files.FindFileByPath(fd.Path()); err == nil {
+			return true // imported by two files
+		}
+		regErr = files.RegisterFile(fd)
+		return regErr == nil
+	})
+	return regErr
+}
+
+// reflectSchema fetches the schemas of the services want needs from the
+// broker: the version the target announces, or the one most online
+// servers of the service announce; every announced service's when the
+// name is not one of theirs (a message name) or empty.
+func (a *app) reflectSchema(ctx context.Context, want schemaWanted) (*schema, error) {
+	conn, fleet, err := a.sharedFleet(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("no schema: %v; or give --proto FILE or --protoset FILE", err)
+	}
+	announced := map[string]bool{}
+	for _, si := range fleet.Servers("") {
+		for _, svc := range si.Services {
+			if svc.Schema != "" {
+				announced[svc.Name] = true
+			}
+		}
+	}
+	var services []string
+	name := strings.TrimPrefix(want.name, ".")
+	for svc := range announced {
+		if name == svc || strings.HasPrefix(name, svc+"/") || strings.HasPrefix(name, svc+".") {
+			services = []string{svc}
+			break
+		}
+	}
+	if services == nil {
+		for svc := range announced {
+			services = append(services, svc)
+		}
+		slices.Sort(services)
+	}
+	if len(services) == 0 {
+		return nil, usagef("no schema: no online server announces one by reflection (servers with rpc.WithReflection(false), or older than reflection); give --proto FILE (with -I DIR) or --protoset FILE")
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.globals.connectTimeout)
+	defer cancel()
+	files := new(protoregistry.Files)
+	for _, svc := range services {
+		var set *descriptorpb.FileDescriptorSet
+		var err error
+		if version := announcedBy(fleet, want.target, svc); version != "" {
+			set, err = rpc.FetchSchema(ctx, conn, svc, version)
+		} else {
+			set, err = fleet.Schema(ctx, svc)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("no schema for %s by reflection: %v; give --proto FILE or --protoset FILE", svc, asFailure(err))
+		}
+		if err := addSet(files, set); err != nil {
+			return nil, fmt.Errorf("the schema of %s that its servers announce: %v", svc, err)
+		}
+	}
+	return &schema{files: files, types: dynamicpb.NewTypes(files)}, nil
+}
+
+// announcedBy is the version of service's schema that server id announces,
+// "" if it announces none or is not known.
+func announcedBy(fleet *rpc.Fleet, id, service string) string {
+	if id == "" {
+		return ""
+	}
+	si, ok := fleet.Server(id)
+	if !ok {
+		return ""
+	}
+	for _, svc := range si.Services {
+		if svc.Name == service {
+			return svc.Schema
+		}
+	}
+	return ""
 }
 
 // registerWithImports adds fd and, first, the files it imports.
