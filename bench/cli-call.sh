@@ -2,7 +2,8 @@
 # Wall time of one-shot `mqttrpc call`s against stock Mosquitto (Nagle's
 # algorithm on, no set_tcp_nodelay): 20 runs, one after another, each a new
 # process that connects, calls GetReading on the thermostat example's device
-# and disconnects. Prints each run's time, then the median (p50).
+# and disconnects; each run once with the schema from the .proto file and
+# once by reflection over MQTT. Prints each run's time, then the medians (p50).
 #
 #   bench/cli-call.sh [runs]
 #
@@ -26,15 +27,24 @@ for _ in $(seq 50); do
 done
 grep -q serving "$dir/device.log" || { echo "the device did not start:"; cat "$dir/device.log"; exit 1; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(mosquitto -h 2>&1 | head -1)"
-times=()
+# Alternating: the schema from the .proto file, then by reflection over
+# MQTT (the device's retained schema, found through its presence record).
+proto_times=(); refl_times=()
 for i in $(seq "$runs"); do
-  start=$(date +%s%N)
-  "$dir/mqttrpc" --broker "$broker" --proto examples/thermostat/thermostatv1/thermostat.proto \
-    call -t bench-dev example.thermostat.v1.Thermostat/GetReading > /dev/null
-  end=$(date +%s%N)
-  ms=$(( (end - start) / 1000 ))
-  times+=("$ms")
-  printf 'run %d: %d.%03d ms\n' "$i" $((ms / 1000)) $((ms % 1000))
+  for mode in proto reflection; do
+    schema=(--proto examples/thermostat/thermostatv1/thermostat.proto)
+    [ "$mode" = reflection ] && schema=()
+    start=$(date +%s%N)
+    "$dir/mqttrpc" --broker "$broker" "${schema[@]}" \
+      call -t bench-dev example.thermostat.v1.Thermostat/GetReading > /dev/null
+    end=$(date +%s%N)
+    us=$(( (end - start) / 1000 ))
+    if [ "$mode" = proto ]; then proto_times+=("$us"); else refl_times+=("$us"); fi
+    printf 'run %d %-10s %d.%03d ms\n' "$i" "$mode" $((us / 1000)) $((us % 1000))
+  done
 done
-p50=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-printf 'p50 of %d runs: %d.%03d ms\n' "$runs" $((p50 / 1000)) $((p50 % 1000))
+p50() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for mode in proto reflection; do
+  if [ "$mode" = proto ]; then p=$(p50 "${proto_times[@]}"); else p=$(p50 "${refl_times[@]}"); fi
+  printf 'p50 of %d runs, schema by %s: %d.%03d ms\n' "$runs" "$mode" $((p / 1000)) $((p % 1000))
+done

@@ -46,7 +46,7 @@ func (g *globalFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.cert, "cert", "", "PEM `file` of the client certificate (TLS)")
 	fs.StringVar(&g.key, "key", "", "PEM `file` of the client certificate's key (TLS)")
 	fs.StringVar(&g.clientID, "client-id", "", "MQTT client `ID` (default a random one)")
-	fs.Var(&g.protoFiles, "proto", "schema: a .proto `file` (repeatable)")
+	fs.Var(&g.protoFiles, "proto", "schema: a .proto `file` (repeatable; default: the schema by reflection over MQTT)")
 	fs.Var(&g.importPaths, "I", "schema: an import `directory` for --proto (repeatable)")
 	fs.Var(&g.protosets, "protoset", "schema: a `file` holding a FileDescriptorSet (protoc --descriptor_set_out --include_imports; repeatable)")
 	fs.StringVar(&g.output, "o", "json", "output `format`: json or text")

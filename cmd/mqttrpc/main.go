@@ -1,6 +1,8 @@
 // Command mqttrpc calls mqttrpc services from a shell, as grpcurl does for
-// gRPC: it describes services from their .proto files and calls their
-// methods with JSON, printing the answers as JSON.
+// gRPC: it describes services and calls their methods with JSON, printing
+// the answers as JSON. The schema comes by reflection over MQTT (the
+// servers announce it; docs/protocol.md, "Reflection"), or from .proto
+// files or a protoset.
 //
 //	mqttrpc [global flags] list [SERVICE]
 //	mqttrpc [global flags] describe SERVICE[/METHOD]
@@ -12,9 +14,9 @@
 //
 // Global flags: --broker URL (env MQTTRPC_BROKER, default
 // mqtt://127.0.0.1:1883), --username, --password (env MQTTRPC_PASSWORD),
-// --cacert, --cert, --key, --client-id (random by default), and the schema:
-// --proto FILE with -I DIR, or --protoset FILE. -o text prints protobuf text
-// instead of JSON.
+// --cacert, --cert, --key, --client-id (random by default), and the schema
+// if not by reflection: --proto FILE with -I DIR, or --protoset FILE.
+// -o text prints protobuf text instead of JSON.
 //
 // The exit status is 0 when the call succeeded, 64 plus the status code
 // when it failed with an RPC error (grpcurl's convention: 68 for
@@ -86,7 +88,7 @@ const usageText = `usage: mqttrpc [global flags] COMMAND [flags] ARGS
 
 commands:
   list [SERVICE]              the online servers (of SERVICE) and what they serve, from their presence records
-  describe SERVICE[/METHOD]   print a service or method (or message) from the schema
+  describe [SERVICE[/METHOD]]  print a service or method (or message) from the schema (by reflection, or --proto)
   call SERVICE/METHOD         call a method: -t TARGET or --any, -d JSON|@FILE|@-, -H key=value, --timeout D, --qos N
   broadcast SERVICE/METHOD    call every server; one JSON line per answer, then who did not answer
   watch [SERVICE]             servers going online and offline, health changes, live (Ctrl-C ends)
