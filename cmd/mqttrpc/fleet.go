@@ -230,6 +230,7 @@ type serviceJSON struct {
 	Name    string   `json:"name"`
 	Methods []string `json:"methods"`
 	Health  string   `json:"health"`
+	Schema  string   `json:"schema,omitempty"` // its version, for reflection
 }
 
 // printServer prints one server: a JSON line, or with -o text a line for
@@ -272,7 +273,7 @@ func (a *app) printServer(event string, s rpc.ServerInfo) error {
 	out := serverJSON{Event: event, ID: s.ID, ClientID: s.ClientID, Online: s.Online, Health: s.Health.String(),
 		ShareGroup: s.ShareGroup, Gateway: s.Gateway, Since: s.Since, Started: s.Started, Labels: s.Labels, Services: []serviceJSON{}}
 	for _, svc := range s.Services {
-		out.Services = append(out.Services, serviceJSON{Name: svc.Name, Methods: svc.Methods, Health: svc.Health.String()})
+		out.Services = append(out.Services, serviceJSON{Name: svc.Name, Methods: svc.Methods, Health: svc.Health.String(), Schema: svc.Schema})
 	}
 	line, err := json.Marshal(out)
 	if err != nil {
