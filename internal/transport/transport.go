@@ -484,12 +484,14 @@ func (c *conn) SetWriteDeadline(t time.Time) error { return c.tcp.SetWriteDeadli
 
 // MQTT control packet types.
 const (
+	packetTypeConnack  = 2
 	packetTypePublish  = 3
 	packetTypePuback   = 4
 	packetTypePubrec   = 5
 	packetTypePubcomp  = 7
 	packetTypeSuback   = 9
 	packetTypeUnsuback = 11
+	packetTypePingresp = 13
 )
 
 // reader reads from the TCP connection under the read buffer,
@@ -554,7 +556,11 @@ func (r *reader) detectStall(sawAck bool, now time.Time) {
 
 // scan walks packet headers in b to count PUBLISH packets, skipping
 // packet bodies without looking at them. It reports whether b holds the
-// start of an acknowledgement (PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK).
+// start of an acknowledgement (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK,
+// UNSUBACK, PINGRESP): a packet the broker sends in answer to ours, after
+// which it may have more to send. (paho pings right after CONNACK: a
+// SUBSCRIBE sent before the PINGRESP arrived does not acknowledge it, and
+// the broker's Nagle held the SUBACK 40 ms behind our delayed ACK.)
 func (r *reader) scan(b []byte) (sawAck bool) {
 	for len(b) > 0 {
 		if r.skip > 0 {
@@ -567,7 +573,7 @@ func (r *reader) scan(b []byte) (sawAck bool) {
 			r.headerType = b[0] >> 4
 			r.inHeader, r.lenShift, r.length = true, 0, 0
 			switch r.headerType {
-			case packetTypePuback, packetTypePubrec, packetTypePubcomp, packetTypeSuback, packetTypeUnsuback:
+			case packetTypeConnack, packetTypePuback, packetTypePubrec, packetTypePubcomp, packetTypeSuback, packetTypeUnsuback, packetTypePingresp:
 				sawAck = true
 			}
 			b = b[1:]

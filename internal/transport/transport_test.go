@@ -318,8 +318,13 @@ func TestTransportScanCountsPublishes(t *testing.T) {
 	if r.scan([]byte{packetTypePublish << 4, 2, 0, 0}) {
 		t.Error("a PUBLISH was taken for an acknowledgement")
 	}
-	if !r.scan([]byte{packetTypePuback << 4, 2, 0, 1}) {
-		t.Error("a PUBACK was not seen")
+	for _, typ := range []byte{packetTypeConnack, packetTypePuback, packetTypePubrec, packetTypePubcomp, packetTypeSuback, packetTypeUnsuback} {
+		if !r.scan([]byte{typ << 4, 2, 0, 1}) {
+			t.Errorf("packet type %d was not seen as an acknowledgement", typ)
+		}
+	}
+	if !r.scan([]byte{packetTypePingresp << 4, 0}) {
+		t.Error("a PINGRESP was not seen as an acknowledgement")
 	}
 }
 
