@@ -15,6 +15,7 @@ import (
 	greeterv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/greeter/v1"
 	hvacv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/hvac/v1"
 	"github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/legacy"
+	namesv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/names/v1"
 	mqttrpcv1 "github.com/mqttrpc/mqttrpc/proto/mqttrpc/v1"
 )
 
@@ -31,6 +32,7 @@ func TestCheckedInDescriptors(t *testing.T) {
 		editionsv1.File_mqttrpctest_editions_v1_editions_proto,
 		clockv1.File_mqttrpctest_clock_v1_clock_proto,
 		hvacv1.File_mqttrpctest_hvac_v1_hvac_proto,
+		namesv1.File_mqttrpctest_names_v1_names_proto,
 	} {
 		t.Run(fd.Path(), func(t *testing.T) {
 			t.Parallel()

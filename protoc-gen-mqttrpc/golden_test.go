@@ -31,6 +31,7 @@ var goldenCases = []struct {
 	{proto: "mqttrpctest/clock/v1/clock.proto"},                                // well-known types, another package's messages
 	{proto: "mqttrpctest/hvac/v1/hvac.proto"},                                  // mqttrpc options, idempotency levels
 	{proto: "mqttrpctest/stream/v1/stream.proto"},                              // server, client and bidi streaming
+	{proto: "mqttrpctest/names/v1/names.proto"},                                // a method named like another's broadcast form
 	{proto: "mqttrpctest/common/v1/common.proto", noServices: true},
 }
 

@@ -78,12 +78,16 @@ type Reply[Res any] struct {
 // Broadcast calls a method through stub on every server of its service
 // and yields typed replies, as Stub.Broadcast does: Res is the response
 // message type (thermostatv1.Reading, say), and each reply carries a
-// *Res. Generated code calls it for the broadcast form of a unary method:
+// *Res. Generated code calls it for the broadcast form BroadcastM of each
+// unary method M, which is how applications usually broadcast:
 //
-//	for r := range rpc.Broadcast[thermostatv1.Reading](ctx, stub, &thermostatv1.GetReadingRequest{}) {
+//	for r := range thermostat.BroadcastGetReading(ctx, &thermostatv1.GetReadingRequest{}) {
 //		if r.Err != nil { log.Print(r.ServerID, r.Err); continue }
 //		fmt.Println(r.ServerID, r.Response.GetCelsius())
 //	}
+//
+// and code without a generated client writes
+// rpc.Broadcast[thermostatv1.Reading](ctx, stub, req) for the same.
 func Broadcast[Res any](ctx context.Context, stub *Stub, req any, opts ...CallOption) iter.Seq[Reply[Res]] {
 	return func(yield func(Reply[Res]) bool) {
 		stub.broadcast(ctx, req, func() any { return new(Res) }, opts, func(r BroadcastReply) bool {

@@ -36,7 +36,8 @@
 //
 // Every failure is an [*Error] with one of the 17 gRPC codes; [CodeOf] reads
 // the code of any error. Calls address one server ([To]), any member of a
-// share group ([ToAny]) or every server ([Stub.Broadcast]). Options
+// share group ([ToAny]) or every server (the generated BroadcastGetReading,
+// [Broadcast]). Options
 // ([ConnOption], [ClientOption], [ServerOption], [CallOption]) say what each
 // changes and its default. The README's walkthrough builds the example above
 // from a .proto, step by step.

@@ -28,6 +28,7 @@ type Fleet struct {
 	records  map[string]*fleetRecord    // by client ID
 	idConns  map[string]map[string]bool // server ID → client IDs whose record lists it
 	gateways map[string]int             // service → online gateways serving it
+	members  map[string]int             // service → online share-group members serving it
 	complete bool                       // presence known complete on the current connection
 	token    string                     // the sync token awaited
 	tokenGen uint64                     // the connection generation it was sent on
@@ -157,6 +158,7 @@ func WatchFleet(ctx context.Context, conn *Conn) (*Fleet, error) {
 		records:   map[string]*fleetRecord{},
 		idConns:   map[string]map[string]bool{},
 		gateways:  map[string]int{},
+		members:   map[string]int{},
 		changed:   make(chan struct{}),
 		watchers:  map[*fleetWatcher]struct{}{},
 		kick:      make(chan struct{}, 1),
@@ -421,6 +423,21 @@ func (f *Fleet) unavailable(service, target string) *Error {
 	return Errorf(Unavailable, "no server %q is online: no presence record lists it", target)
 }
 
+// unavailableAny returns the fail-fast error for a call to _any, or nil
+// when the call should be published: presence is not known complete, or
+// an online share-group member or gateway serves the service (any online
+// record counts: a share group's copy follows subscriptions, which belong
+// to connections, not to server IDs).
+func (f *Fleet) unavailableAny(service string) *Error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if !f.complete || f.members[service] > 0 || f.gateways[service] > 0 {
+		return nil
+	}
+	return Errorf(Unavailable, "no server takes _any calls to %s per presence (no online share-group member or gateway serves it); "+
+		"servers without presence are not seen: to publish anyway, create the Client with rpc.WithFailFast(false)", service)
+}
+
 // expected returns the IDs of the online servers that serve service and
 // take broadcasts; false when presence is not known complete.
 func (f *Fleet) expected(service string) (map[string]bool, bool) {
@@ -446,7 +463,13 @@ func (f *Fleet) expected(service string) (map[string]bool, bool) {
 
 // failFast is the Fleet's check of a unary call before it is published.
 func (f *Fleet) failFast(cc *clientCall) error {
-	if cc.target == "" || cc.target == TargetAny || cc.target == TargetAll {
+	switch cc.target {
+	case "", TargetAll:
+		return nil
+	case TargetAny:
+		if err := f.unavailableAny(cc.service); err != nil {
+			return err
+		}
 		return nil
 	}
 	if err := f.unavailable(cc.service, cc.target); err != nil {

@@ -28,7 +28,8 @@ func (o presenceOption) applyToServer(c *serverConfig) { c.presence = &o.on }
 //
 // Callers that watch the fleet (WatchFleet) fail calls to servers they do
 // not see at once (WithFailFast): a server without presence is unreachable
-// for them unless they turn that off.
+// for them, by its ID or as the only share-group member of its service
+// (ToAny), unless they turn that off.
 func WithPresence(on bool) ConnServerOption { return presenceOption{on} }
 
 // WithLabels sets application labels shown in the server's presence
@@ -38,11 +39,15 @@ func WithLabels(labels map[string]string) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.labels = maps.Clone(labels) })
 }
 
-// WithFailFast decides whether a Client fails a unicast call at once with
+// WithFailFast decides whether a Client fails a call at once with
 // Unavailable, publishing nothing, when the Conn's Fleet (WatchFleet)
-// knows presence complete and says the target is offline or unknown (and
-// no online gateway serves the service). Calls to ToAny and broadcasts are
-// not affected. Default: on; it does nothing on a Conn without a Fleet.
+// knows presence complete and says nobody can take it: for a unicast call,
+// the target is offline or unknown and no online gateway serves the
+// service; for a call to ToAny, no online share-group member or gateway
+// serves the service (docs/protocol.md, "What callers do with presence").
+// Broadcasts are not affected. Turn it off when the Client calls servers
+// that presence does not see: WithPresence(false), or other MQTT
+// libraries. Default: on; it does nothing on a Conn without a Fleet.
 func WithFailFast(on bool) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.noFailFast = !on })
 }

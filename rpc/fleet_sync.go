@@ -173,12 +173,9 @@ func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
 					delete(f.idConns, s.ID)
 				}
 			}
-			if s.Gateway && old.online {
-				for _, svc := range s.Services {
-					if f.gateways[svc.Name]--; f.gateways[svc.Name] <= 0 {
-						delete(f.gateways, svc.Name)
-					}
-				}
+			if old.online {
+				uncountServices(f.gateways, s.Gateway, s.Services)
+				uncountServices(f.members, s.ShareGroup != "", s.Services)
 			}
 		}
 	}
@@ -194,10 +191,9 @@ func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
 					}
 					f.idConns[s.ID][clientID] = true
 				}
-				if s.Gateway && next.online {
-					for _, svc := range s.Services {
-						f.gateways[svc.Name]++
-					}
+				if next.online {
+					countServices(f.gateways, s.Gateway, s.Services)
+					countServices(f.members, s.ShareGroup != "", s.Services)
 				}
 			}
 		}
@@ -231,6 +227,27 @@ func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
 			f.emitLocked(FleetEvent{Kind: ServerOnline, Server: si})
 		case !reflect.DeepEqual(prev, si):
 			f.emitLocked(FleetEvent{Kind: ServerChanged, Server: si})
+		}
+	}
+}
+
+// countServices adds one, if it applies, to the count of each service in
+// counts (online gateways, share-group members); uncountServices takes it
+// back.
+func countServices(counts map[string]int, applies bool, services []presenceService) {
+	if applies {
+		for _, svc := range services {
+			counts[svc.Name]++
+		}
+	}
+}
+
+func uncountServices(counts map[string]int, applies bool, services []presenceService) {
+	if applies {
+		for _, svc := range services {
+			if counts[svc.Name]--; counts[svc.Name] <= 0 {
+				delete(counts, svc.Name)
+			}
 		}
 	}
 }

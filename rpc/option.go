@@ -452,6 +452,9 @@ func To(target string) CallOption {
 }
 
 // ToAny addresses a call to any one server of a share group (target "_any").
+// With a Fleet on the Conn (WatchFleet) the call fails at once with
+// Unavailable when presence lists no online share-group member or gateway
+// serving the service (WithFailFast).
 func ToAny() CallOption {
 	return callOptionFunc(func(c *callConfig) { c.target = TargetAny })
 }

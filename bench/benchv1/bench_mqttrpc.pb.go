@@ -6,6 +6,7 @@ package benchv1
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -30,6 +31,12 @@ const (
 type EchoClient interface {
 	// Echo returns the request's payload.
 	Echo(ctx context.Context, req *EchoRequest, opts ...rpc.CallOption) (*EchoResponse, error)
+	// BroadcastEcho calls mqttrpc.bench.v1.Echo.Echo on every server of the service
+	// (target _all) and yields each server's reply as it arrives. With presence
+	// known complete (rpc.WatchFleet) it ends when every online server has answered
+	// and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastEcho(ctx context.Context, req *EchoRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[EchoResponse]]
 }
 
 // NewEchoClient returns a client of the Echo service that calls through c. The
@@ -52,6 +59,12 @@ func (c *echoClient) Echo(ctx context.Context, req *EchoRequest, opts ...rpc.Cal
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastEcho calls mqttrpc.bench.v1.Echo.Echo on every server of the service
+// (target _all).
+func (c *echoClient) BroadcastEcho(ctx context.Context, req *EchoRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[EchoResponse]] {
+	return rpc.Broadcast[EchoResponse](ctx, c.echo, req, opts...)
 }
 
 // EchoServer is the server API of the mqttrpc.bench.v1.Echo service.

@@ -6,6 +6,7 @@ package calculatorv1
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -33,8 +34,20 @@ const (
 type CalculatorClient interface {
 	// Add returns a + b.
 	Add(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) (*Result, error)
+	// BroadcastAdd calls example.calculator.v1.Calculator.Add on every server of
+	// the service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastAdd(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Result]]
 	// Divide returns a / b; b = 0 is InvalidArgument.
 	Divide(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) (*Result, error)
+	// BroadcastDivide calls example.calculator.v1.Calculator.Divide on every server
+	// of the service (target _all) and yields each server's reply as it arrives.
+	// With presence known complete (rpc.WatchFleet) it ends when every online
+	// server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	BroadcastDivide(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Result]]
 }
 
 // NewCalculatorClient returns a client of the Calculator service that calls
@@ -62,6 +75,12 @@ func (c *calculatorClient) Add(ctx context.Context, req *BinaryRequest, opts ...
 	return resp, nil
 }
 
+// BroadcastAdd calls example.calculator.v1.Calculator.Add on every server of
+// the service (target _all).
+func (c *calculatorClient) BroadcastAdd(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Result]] {
+	return rpc.Broadcast[Result](ctx, c.add, req, opts...)
+}
+
 // Divide calls example.calculator.v1.Calculator.Divide.
 func (c *calculatorClient) Divide(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) (*Result, error) {
 	resp := new(Result)
@@ -69,6 +88,12 @@ func (c *calculatorClient) Divide(ctx context.Context, req *BinaryRequest, opts 
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastDivide calls example.calculator.v1.Calculator.Divide on every server
+// of the service (target _all).
+func (c *calculatorClient) BroadcastDivide(ctx context.Context, req *BinaryRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Result]] {
+	return rpc.Broadcast[Result](ctx, c.divide, req, opts...)
 }
 
 // CalculatorServer is the server API of the example.calculator.v1.Calculator

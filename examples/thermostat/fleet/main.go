@@ -76,12 +76,12 @@ func run(brokerURL string, out io.Writer) error {
 
 	client := rpc.NewClient(conn)
 	defer client.Close(context.Background())
-	stub := client.Stub(&thermostatv1.ThermostatServiceDesc, "GetReading")
+	thermostat := thermostatv1.NewThermostatClient(client)
 	bctx, bcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer bcancel()
 	start := time.Now()
 	answers := 0
-	for r := range rpc.Broadcast[thermostatv1.Reading](bctx, stub, &thermostatv1.GetReadingRequest{}) {
+	for r := range thermostat.BroadcastGetReading(bctx, &thermostatv1.GetReadingRequest{}) {
 		if r.Err != nil {
 			fmt.Fprintf(out, "broadcast %s -> %v\n", r.ServerID, r.Err)
 			continue
@@ -101,7 +101,6 @@ func run(brokerURL string, out io.Writer) error {
 			break
 		}
 	}
-	thermostat := thermostatv1.NewThermostatClient(client)
 	start = time.Now()
 	_, err = thermostat.GetReading(ctx, &thermostatv1.GetReadingRequest{}, rpc.To("dev-2"))
 	fmt.Fprintf(out, "GetReading dev-2 -> %v at once: %v\n", rpc.CodeOf(err), time.Since(start) < time.Second)

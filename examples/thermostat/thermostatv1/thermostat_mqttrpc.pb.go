@@ -6,6 +6,7 @@ package thermostatv1
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -36,9 +37,21 @@ const (
 type ThermostatClient interface {
 	// GetReading returns the device's current reading.
 	GetReading(ctx context.Context, req *GetReadingRequest, opts ...rpc.CallOption) (*Reading, error)
+	// BroadcastGetReading calls example.thermostat.v1.Thermostat.GetReading on
+	// every server of the service (target _all) and yields each server's reply as
+	// it arrives. With presence known complete (rpc.WatchFleet) it ends when every
+	// online server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	BroadcastGetReading(ctx context.Context, req *GetReadingRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Reading]]
 	// SetTarget sets the target temperature, between 5 and 35 °C, and returns
 	// the previous one.
 	SetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) (*SetTargetResponse, error)
+	// BroadcastSetTarget calls example.thermostat.v1.Thermostat.SetTarget on every
+	// server of the service (target _all) and yields each server's reply as it
+	// arrives. With presence known complete (rpc.WatchFleet) it ends when every
+	// online server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	BroadcastSetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SetTargetResponse]]
 	// WatchReadings streams the device's readings: the current one at once,
 	// then one per interval as the temperature moves towards the target;
 	// count readings in all, or until the caller cancels when count is 0.
@@ -72,6 +85,12 @@ func (c *thermostatClient) GetReading(ctx context.Context, req *GetReadingReques
 	return resp, nil
 }
 
+// BroadcastGetReading calls example.thermostat.v1.Thermostat.GetReading on
+// every server of the service (target _all).
+func (c *thermostatClient) BroadcastGetReading(ctx context.Context, req *GetReadingRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Reading]] {
+	return rpc.Broadcast[Reading](ctx, c.getReading, req, opts...)
+}
+
 // SetTarget calls example.thermostat.v1.Thermostat.SetTarget.
 func (c *thermostatClient) SetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) (*SetTargetResponse, error) {
 	resp := new(SetTargetResponse)
@@ -79,6 +98,12 @@ func (c *thermostatClient) SetTarget(ctx context.Context, req *SetTargetRequest,
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastSetTarget calls example.thermostat.v1.Thermostat.SetTarget on every
+// server of the service (target _all).
+func (c *thermostatClient) BroadcastSetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SetTargetResponse]] {
+	return rpc.Broadcast[SetTargetResponse](ctx, c.setTarget, req, opts...)
 }
 
 // WatchReadings calls example.thermostat.v1.Thermostat.WatchReadings.

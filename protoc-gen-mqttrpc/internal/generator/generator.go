@@ -15,6 +15,7 @@ const FileSuffix = "_mqttrpc.pb.go"
 // The Go packages that generated code refers to.
 const (
 	contextPackage = protogen.GoImportPath("context")
+	iterPackage    = protogen.GoImportPath("iter")
 	rpcPackage     = protogen.GoImportPath("github.com/mqttrpc/mqttrpc/rpc")
 )
 

@@ -24,6 +24,9 @@ type methodSpec struct {
 	topicTemplate string
 	qos           rpc.QoS
 	idempotency   rpc.Idempotency
+	// broadcastName is the Go name of a unary method's broadcast form on
+	// the client (BroadcastM), "" for a streaming method.
+	broadcastName string
 }
 
 // resolveService checks that every method of service can be generated and
@@ -67,7 +70,31 @@ func resolveService(file *protogen.File, service *protogen.Service) ([]methodSpe
 		}
 		specs = append(specs, spec)
 	}
+	nameBroadcasts(specs)
 	return specs, nil
+}
+
+// nameBroadcasts names the broadcast form of each unary method
+// Broadcast<Method>, with underscores appended while the name is taken by
+// another method of the service or an earlier broadcast (a method Status
+// next to one named BroadcastStatus), as protoc-gen-go resolves its
+// conflicts.
+func nameBroadcasts(specs []methodSpec) {
+	taken := map[string]bool{}
+	for _, spec := range specs {
+		taken[spec.method.GoName] = true
+	}
+	for i := range specs {
+		if specs[i].clientStreams || specs[i].serverStreams {
+			continue
+		}
+		name := "Broadcast" + specs[i].method.GoName
+		for taken[name] {
+			name += "_"
+		}
+		taken[name] = true
+		specs[i].broadcastName = name
+	}
 }
 
 // idempotencyOf reads the standard idempotency_level option.

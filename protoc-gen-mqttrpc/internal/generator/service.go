@@ -97,6 +97,11 @@ func (w *serviceWriter) writeClient() {
 		methodComment(g, m.Comments.Leading, m.GoName+" calls "+string(m.Desc.FullName())+".", isDeprecatedMethod(m))
 		g.AnnotateSymbol(n.client+"."+m.GoName, protogen.Annotation{Location: m.Location})
 		g.P(append([]any{m.GoName}, w.clientSignature(spec)...)...)
+		if spec.broadcastName != "" {
+			methodComment(g, "", w.broadcastSummary(spec), isDeprecatedMethod(m))
+			g.AnnotateSymbol(n.client+"."+spec.broadcastName, protogen.Annotation{Location: m.Location})
+			g.P(append([]any{spec.broadcastName}, w.broadcastSignature(spec)...)...)
+		}
 	}
 	g.P("}")
 	g.P()
@@ -145,7 +150,41 @@ func (w *serviceWriter) writeClient() {
 		g.P("return resp, nil")
 		g.P("}")
 		g.P()
+		w.writeClientBroadcast(spec)
 	}
+}
+
+// broadcastSummary is the doc comment of a unary method's broadcast form.
+func (w *serviceWriter) broadcastSummary(spec methodSpec) string {
+	m := spec.method
+	return spec.broadcastName + " calls " + string(m.Desc.FullName()) + " on every server of the service " +
+		"(target _all) and yields each server's reply as it arrives. With presence known complete " +
+		"(rpc.WatchFleet) it ends when every online server has answered and reports those that did not; " +
+		"without, at ctx's deadline. See rpc.Broadcast."
+}
+
+// broadcastSignature is the parameters and result of a unary method's
+// broadcast form.
+func (w *serviceWriter) broadcastSignature(spec methodSpec) []any {
+	m := spec.method
+	return []any{"(ctx ", contextPackage.Ident("Context"), ", req *", m.Input.GoIdent,
+		", opts ...", rpcPackage.Ident("CallOption"), ") ",
+		iterPackage.Ident("Seq"), "[", rpcPackage.Ident("Reply"), "[", m.Output.GoIdent, "]]"}
+}
+
+// writeClientBroadcast writes the broadcast form of a unary method, a
+// typed rpc.Broadcast through the method's stub.
+func (w *serviceWriter) writeClientBroadcast(spec methodSpec) {
+	g, m, n := w.g, spec.method, w.names
+	wrapComment(g, spec.broadcastName+" calls "+string(m.Desc.FullName())+" on every server of the service (target _all).")
+	if isDeprecatedMethod(m) {
+		g.P("//")
+		g.P(deprecationNotice)
+	}
+	g.P(append(append([]any{"func (c *", n.clientImpl, ") ", spec.broadcastName}, w.broadcastSignature(spec)...), " {")...)
+	g.P("return ", rpcPackage.Ident("Broadcast"), "[", m.Output.GoIdent, "](ctx, c.", unexport(m.GoName), ", req, opts...)")
+	g.P("}")
+	g.P()
 }
 
 func (w *serviceWriter) writeServer() {

@@ -8,6 +8,7 @@ package legacy
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -34,6 +35,12 @@ const (
 type StoreClient interface {
 	// Put stores a value; putting the same value twice changes nothing.
 	Put(ctx context.Context, req *PutRequest, opts ...rpc.CallOption) (*PutResponse, error)
+	// BroadcastPut calls mqttrpctest.legacy.Store.Put on every server of the
+	// service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastPut(ctx context.Context, req *PutRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[PutResponse]]
 }
 
 // NewStoreClient returns a client of the Store service that calls through c.
@@ -58,6 +65,12 @@ func (c *storeClient) Put(ctx context.Context, req *PutRequest, opts ...rpc.Call
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastPut calls mqttrpctest.legacy.Store.Put on every server of the
+// service (target _all).
+func (c *storeClient) BroadcastPut(ctx context.Context, req *PutRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[PutResponse]] {
+	return rpc.Broadcast[PutResponse](ctx, c.put, req, opts...)
 }
 
 // StoreServer is the server API of the mqttrpctest.legacy.Store service.

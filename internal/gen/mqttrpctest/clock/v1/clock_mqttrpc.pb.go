@@ -12,6 +12,7 @@ import (
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -40,10 +41,28 @@ const (
 type ClockClient interface {
 	// Now returns the device's time.
 	Now(ctx context.Context, req *emptypb.Empty, opts ...rpc.CallOption) (*timestamppb.Timestamp, error)
+	// BroadcastNow calls mqttrpctest.clock.v1.Clock.Now on every server of the
+	// service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastNow(ctx context.Context, req *emptypb.Empty, opts ...rpc.CallOption) iter.Seq[rpc.Reply[timestamppb.Timestamp]]
 	// Set sets the device's time.
 	Set(ctx context.Context, req *SetRequest, opts ...rpc.CallOption) (*v1.Ack, error)
+	// BroadcastSet calls mqttrpctest.clock.v1.Clock.Set on every server of the
+	// service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastSet(ctx context.Context, req *SetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[v1.Ack]]
 	// Locate tells where a device's clock is.
 	Locate(ctx context.Context, req *v1.Device, opts ...rpc.CallOption) (*Location, error)
+	// BroadcastLocate calls mqttrpctest.clock.v1.Clock.Locate on every server of
+	// the service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastLocate(ctx context.Context, req *v1.Device, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Location]]
 }
 
 // NewClockClient returns a client of the Clock service that calls through c.
@@ -72,6 +91,12 @@ func (c *clockClient) Now(ctx context.Context, req *emptypb.Empty, opts ...rpc.C
 	return resp, nil
 }
 
+// BroadcastNow calls mqttrpctest.clock.v1.Clock.Now on every server of the
+// service (target _all).
+func (c *clockClient) BroadcastNow(ctx context.Context, req *emptypb.Empty, opts ...rpc.CallOption) iter.Seq[rpc.Reply[timestamppb.Timestamp]] {
+	return rpc.Broadcast[timestamppb.Timestamp](ctx, c.now, req, opts...)
+}
+
 // Set calls mqttrpctest.clock.v1.Clock.Set.
 func (c *clockClient) Set(ctx context.Context, req *SetRequest, opts ...rpc.CallOption) (*v1.Ack, error) {
 	resp := new(v1.Ack)
@@ -81,6 +106,12 @@ func (c *clockClient) Set(ctx context.Context, req *SetRequest, opts ...rpc.Call
 	return resp, nil
 }
 
+// BroadcastSet calls mqttrpctest.clock.v1.Clock.Set on every server of the
+// service (target _all).
+func (c *clockClient) BroadcastSet(ctx context.Context, req *SetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[v1.Ack]] {
+	return rpc.Broadcast[v1.Ack](ctx, c.set, req, opts...)
+}
+
 // Locate calls mqttrpctest.clock.v1.Clock.Locate.
 func (c *clockClient) Locate(ctx context.Context, req *v1.Device, opts ...rpc.CallOption) (*Location, error) {
 	resp := new(Location)
@@ -88,6 +119,12 @@ func (c *clockClient) Locate(ctx context.Context, req *v1.Device, opts ...rpc.Ca
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastLocate calls mqttrpctest.clock.v1.Clock.Locate on every server of
+// the service (target _all).
+func (c *clockClient) BroadcastLocate(ctx context.Context, req *v1.Device, opts ...rpc.CallOption) iter.Seq[rpc.Reply[Location]] {
+	return rpc.Broadcast[Location](ctx, c.locate, req, opts...)
 }
 
 // ClockServer is the server API of the mqttrpctest.clock.v1.Clock service.

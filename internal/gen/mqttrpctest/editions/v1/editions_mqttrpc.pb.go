@@ -12,6 +12,7 @@ import (
 	context "context"
 	v1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/common/v1"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -36,6 +37,12 @@ const (
 type LampClient interface {
 	// Switch turns the lamp on or off.
 	Switch(ctx context.Context, req *SwitchRequest, opts ...rpc.CallOption) (*v1.Ack, error)
+	// BroadcastSwitch calls mqttrpctest.editions.v1.Lamp.Switch on every server of
+	// the service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastSwitch(ctx context.Context, req *SwitchRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[v1.Ack]]
 }
 
 // NewLampClient returns a client of the Lamp service that calls through c. The
@@ -58,6 +65,12 @@ func (c *lampClient) Switch(ctx context.Context, req *SwitchRequest, opts ...rpc
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastSwitch calls mqttrpctest.editions.v1.Lamp.Switch on every server of
+// the service (target _all).
+func (c *lampClient) BroadcastSwitch(ctx context.Context, req *SwitchRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[v1.Ack]] {
+	return rpc.Broadcast[v1.Ack](ctx, c.switch_, req, opts...)
 }
 
 // LampServer is the server API of the mqttrpctest.editions.v1.Lamp service.

@@ -9,6 +9,7 @@ package greeterv1
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -38,10 +39,24 @@ const (
 type GreeterClient interface {
 	// SayHello answers with a greeting for the name in the request.
 	SayHello(ctx context.Context, req *SayHelloRequest, opts ...rpc.CallOption) (*SayHelloResponse, error)
+	// BroadcastSayHello calls mqttrpctest.greeter.v1.Greeter.SayHello on every
+	// server of the service (target _all) and yields each server's reply as it
+	// arrives. With presence known complete (rpc.WatchFleet) it ends when every
+	// online server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	BroadcastSayHello(ctx context.Context, req *SayHelloRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SayHelloResponse]]
 	// SayHelloAgain is the first version of SayHello.
 	//
 	// Deprecated: Do not use.
 	SayHelloAgain(ctx context.Context, req *SayHelloRequest, opts ...rpc.CallOption) (*SayHelloResponse, error)
+	// BroadcastSayHelloAgain calls mqttrpctest.greeter.v1.Greeter.SayHelloAgain on
+	// every server of the service (target _all) and yields each server's reply as
+	// it arrives. With presence known complete (rpc.WatchFleet) it ends when every
+	// online server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	//
+	// Deprecated: Do not use.
+	BroadcastSayHelloAgain(ctx context.Context, req *SayHelloRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SayHelloResponse]]
 }
 
 // NewGreeterClient returns a client of the Greeter service that calls through
@@ -69,6 +84,12 @@ func (c *greeterClient) SayHello(ctx context.Context, req *SayHelloRequest, opts
 	return resp, nil
 }
 
+// BroadcastSayHello calls mqttrpctest.greeter.v1.Greeter.SayHello on every
+// server of the service (target _all).
+func (c *greeterClient) BroadcastSayHello(ctx context.Context, req *SayHelloRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SayHelloResponse]] {
+	return rpc.Broadcast[SayHelloResponse](ctx, c.sayHello, req, opts...)
+}
+
 // SayHelloAgain calls mqttrpctest.greeter.v1.Greeter.SayHelloAgain.
 //
 // Deprecated: Do not use.
@@ -78,6 +99,14 @@ func (c *greeterClient) SayHelloAgain(ctx context.Context, req *SayHelloRequest,
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastSayHelloAgain calls mqttrpctest.greeter.v1.Greeter.SayHelloAgain on
+// every server of the service (target _all).
+//
+// Deprecated: Do not use.
+func (c *greeterClient) BroadcastSayHelloAgain(ctx context.Context, req *SayHelloRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SayHelloResponse]] {
+	return rpc.Broadcast[SayHelloResponse](ctx, c.sayHelloAgain, req, opts...)
 }
 
 // GreeterServer is the server API of the mqttrpctest.greeter.v1.Greeter

@@ -9,6 +9,7 @@ package hvacv1
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -39,10 +40,28 @@ type HvacClient interface {
 	// GetTemperature reads the current temperature. It is cheap and safe to
 	// repeat, so it goes at QoS 0.
 	GetTemperature(ctx context.Context, req *GetTemperatureRequest, opts ...rpc.CallOption) (*GetTemperatureResponse, error)
+	// BroadcastGetTemperature calls mqttrpctest.hvac.v1.Hvac.GetTemperature on
+	// every server of the service (target _all) and yields each server's reply as
+	// it arrives. With presence known complete (rpc.WatchFleet) it ends when every
+	// online server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	BroadcastGetTemperature(ctx context.Context, req *GetTemperatureRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[GetTemperatureResponse]]
 	// SetTarget sets the target temperature.
 	SetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) (*SetTargetResponse, error)
+	// BroadcastSetTarget calls mqttrpctest.hvac.v1.Hvac.SetTarget on every server
+	// of the service (target _all) and yields each server's reply as it arrives.
+	// With presence known complete (rpc.WatchFleet) it ends when every online
+	// server has answered and reports those that did not; without, at ctx's
+	// deadline. See rpc.Broadcast.
+	BroadcastSetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SetTargetResponse]]
 	// Reboot restarts the controller; it has its own topic.
 	Reboot(ctx context.Context, req *RebootRequest, opts ...rpc.CallOption) (*RebootResponse, error)
+	// BroadcastReboot calls mqttrpctest.hvac.v1.Hvac.Reboot on every server of the
+	// service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastReboot(ctx context.Context, req *RebootRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[RebootResponse]]
 }
 
 // NewHvacClient returns a client of the Hvac service that calls through c. The
@@ -71,6 +90,12 @@ func (c *hvacClient) GetTemperature(ctx context.Context, req *GetTemperatureRequ
 	return resp, nil
 }
 
+// BroadcastGetTemperature calls mqttrpctest.hvac.v1.Hvac.GetTemperature on
+// every server of the service (target _all).
+func (c *hvacClient) BroadcastGetTemperature(ctx context.Context, req *GetTemperatureRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[GetTemperatureResponse]] {
+	return rpc.Broadcast[GetTemperatureResponse](ctx, c.getTemperature, req, opts...)
+}
+
 // SetTarget calls mqttrpctest.hvac.v1.Hvac.SetTarget.
 func (c *hvacClient) SetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) (*SetTargetResponse, error) {
 	resp := new(SetTargetResponse)
@@ -80,6 +105,12 @@ func (c *hvacClient) SetTarget(ctx context.Context, req *SetTargetRequest, opts 
 	return resp, nil
 }
 
+// BroadcastSetTarget calls mqttrpctest.hvac.v1.Hvac.SetTarget on every server
+// of the service (target _all).
+func (c *hvacClient) BroadcastSetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SetTargetResponse]] {
+	return rpc.Broadcast[SetTargetResponse](ctx, c.setTarget, req, opts...)
+}
+
 // Reboot calls mqttrpctest.hvac.v1.Hvac.Reboot.
 func (c *hvacClient) Reboot(ctx context.Context, req *RebootRequest, opts ...rpc.CallOption) (*RebootResponse, error) {
 	resp := new(RebootResponse)
@@ -87,6 +118,12 @@ func (c *hvacClient) Reboot(ctx context.Context, req *RebootRequest, opts ...rpc
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastReboot calls mqttrpctest.hvac.v1.Hvac.Reboot on every server of the
+// service (target _all).
+func (c *hvacClient) BroadcastReboot(ctx context.Context, req *RebootRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[RebootResponse]] {
+	return rpc.Broadcast[RebootResponse](ctx, c.reboot, req, opts...)
 }
 
 // HvacServer is the server API of the mqttrpctest.hvac.v1.Hvac service.
@@ -191,6 +228,12 @@ const (
 type ThermometerClient interface {
 	// Read reads the temperature.
 	Read(ctx context.Context, req *GetTemperatureRequest, opts ...rpc.CallOption) (*GetTemperatureResponse, error)
+	// BroadcastRead calls mqttrpctest.hvac.v1.Thermometer.Read on every server of
+	// the service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastRead(ctx context.Context, req *GetTemperatureRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[GetTemperatureResponse]]
 }
 
 // NewThermometerClient returns a client of the Thermometer service that calls
@@ -214,6 +257,12 @@ func (c *thermometerClient) Read(ctx context.Context, req *GetTemperatureRequest
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastRead calls mqttrpctest.hvac.v1.Thermometer.Read on every server of
+// the service (target _all).
+func (c *thermometerClient) BroadcastRead(ctx context.Context, req *GetTemperatureRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[GetTemperatureResponse]] {
+	return rpc.Broadcast[GetTemperatureResponse](ctx, c.read, req, opts...)
 }
 
 // ThermometerServer is the server API of the mqttrpctest.hvac.v1.Thermometer

@@ -9,6 +9,7 @@ package streamv1
 import (
 	context "context"
 	rpc "github.com/mqttrpc/mqttrpc/rpc"
+	iter "iter"
 )
 
 // This is a compile-time assertion that this generated file and the rpc
@@ -39,6 +40,12 @@ const (
 type TransferClient interface {
 	// Ping is unary.
 	Ping(ctx context.Context, req *PingRequest, opts ...rpc.CallOption) (*PingResponse, error)
+	// BroadcastPing calls mqttrpctest.stream.v1.Transfer.Ping on every server of
+	// the service (target _all) and yields each server's reply as it arrives. With
+	// presence known complete (rpc.WatchFleet) it ends when every online server has
+	// answered and reports those that did not; without, at ctx's deadline. See
+	// rpc.Broadcast.
+	BroadcastPing(ctx context.Context, req *PingRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[PingResponse]]
 	// Watch streams events until the caller cancels.
 	Watch(ctx context.Context, req *WatchRequest, opts ...rpc.CallOption) (rpc.ServerStreamingClient[Event], error)
 	// Upload takes a file in chunks and answers once.
@@ -74,6 +81,12 @@ func (c *transferClient) Ping(ctx context.Context, req *PingRequest, opts ...rpc
 		return nil, err
 	}
 	return resp, nil
+}
+
+// BroadcastPing calls mqttrpctest.stream.v1.Transfer.Ping on every server of
+// the service (target _all).
+func (c *transferClient) BroadcastPing(ctx context.Context, req *PingRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[PingResponse]] {
+	return rpc.Broadcast[PingResponse](ctx, c.ping, req, opts...)
 }
 
 // Watch calls mqttrpctest.stream.v1.Transfer.Watch.
