@@ -1,0 +1,313 @@
+package rpc_test
+
+// The fleet under faults of the topology (issue 16): a bridge between two
+// brokers, a broker restarted with and without persistence.
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
+	"github.com/mqttrpc/mqttrpc/internal/rpctest"
+	"github.com/mqttrpc/mqttrpc/rpc"
+)
+
+// bridgedEcho is an echo handler that checks what crossed the bridge: the
+// caller's deadline (MessageExpiryInterval, mqttrpc-timeout) and repeated
+// metadata; it answers with response metadata, or fails on "fail".
+func bridgedEcho(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+	call, _ := rpc.CallFromContext(ctx)
+	deadline, ok := ctx.Deadline()
+	if left := time.Until(deadline); !ok || left > 10*time.Second || left < 5*time.Second {
+		return nil, rpc.Errorf(rpc.InvalidArgument, "deadline %v away (%t), want the caller's 10 s", left, ok)
+	}
+	if got := call.RequestMetadata().Values("k"); !slices.Equal(got, []string{"a", "b"}) {
+		return nil, rpc.Errorf(rpc.InvalidArgument, "metadata k = %q, want [a b]", got)
+	}
+	call.ResponseMetadata().Set("served-by", "broker-a")
+	if in.GetValue() == "fail" {
+		return nil, rpc.Errorf(rpc.FailedPrecondition, "not now: ünïcode, 100%%\nsecond line")
+	}
+	return in, nil
+}
+
+// Two Mosquittos joined by an MQTT v5 bridge that carries mqttrpc/# both
+// ways; servers on A, the caller on B. B answers PUBACK 0x00 for every
+// request (the bridge subscribes to everything), so without presence a
+// call to a missing target waits out its deadline. Presence crosses the
+// bridge (records, the Will, Shutdown's offline record), and with it the
+// caller fails such calls at once.
+func TestFleetOverBridge(t *testing.T) {
+	t.Parallel()
+	a := mosquittotest.Start(t)
+	b := mosquittotest.Start(t, mosquittotest.WithBridge(a.Addr(), "mqttrpc/#"))
+
+	svc := &echoService{handle: bridgedEcho}
+	id := uniqueID("bridged")
+	srv := rpc.NewServer(dial(t, a.URL(), rpc.WithClientID(id)), rpc.WithServerID(id), rpc.WithLabels(map[string]string{"site": "a"}))
+	srv.RegisterService(&echoDesc, svc)
+	if err := srv.Start(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	// A second server, whose process is killed below: its connection goes
+	// through a proxy.
+	proxy := rpctest.NewProxy(t, a.URL())
+	killed := uniqueID("bridged-killed")
+	serveOn(t, dial(t, proxy.URL(), rpc.WithClientID(killed)), rpc.WithServerID(killed))
+
+	// The caller on B lists the servers on A: their retained records
+	// crossed the bridge when it subscribed, or live after.
+	conn, fleet := watchFleet(t, b.URL())
+	awaitOnline(t, fleet, id, killed)
+	si, _ := fleet.Server(id)
+	if si.ClientID != id || si.Labels["site"] != "a" || !si.Serves(echoServiceName) || si.Health != rpc.HealthServing {
+		t.Fatalf("Server(%s) over the bridge = %+v", id, si)
+	}
+	client := rpc.NewClient(conn)
+	t.Cleanup(func() { _ = client.Close(context.Background()) })
+
+	// A call to the online server, with its properties intact both ways.
+	md := rpc.Metadata{"k": {"a", "b"}}
+	var respMD rpc.Metadata
+	var answeredBy string
+	got, err := echo(shortCtx(t, 10*time.Second), client, "over the bridge", rpc.To(id), rpc.WithMetadata(md), rpc.ResponseMetadata(&respMD), rpc.AnsweredBy(&answeredBy))
+	if err != nil || got != "over the bridge" {
+		t.Fatalf("call over the bridge: %q, %v", got, err)
+	}
+	if respMD.Get("served-by") != "broker-a" || answeredBy != id {
+		t.Errorf("response metadata %v, answered by %q", respMD, answeredBy)
+	}
+	_, err = echo(shortCtx(t, 10*time.Second), client, "fail", rpc.To(id), rpc.WithMetadata(md))
+	if e := wantCode(t, err, rpc.FailedPrecondition); e.Message() != "not now: ünïcode, 100%\nsecond line" {
+		t.Errorf("error message over the bridge %q", e.Message())
+	}
+
+	// A target that does not exist: at once, nothing published.
+	calls := svc.calls.Load()
+	start := time.Now()
+	_, err = echo(shortCtx(t, 5*time.Second), client, "x", rpc.To("nobody-on-either-broker"))
+	wantCode(t, err, rpc.Unavailable)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the call to a missing target took %v of its 5 s; want it at once", d)
+	}
+	// Without fail fast the bridge hides it: B has a subscriber for every
+	// request (the bridge), A's PUBACK 0x10 stays with the bridge, and
+	// the call waits for its deadline.
+	plain := rpc.NewClient(conn, rpc.WithFailFast(false))
+	t.Cleanup(func() { _ = plain.Close(context.Background()) })
+	start = time.Now()
+	_, err = echo(shortCtx(t, 500*time.Millisecond), plain, "x", rpc.To("nobody-on-either-broker"))
+	wantCode(t, err, rpc.DeadlineExceeded)
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Errorf("without fail fast the call ended after %v, before its deadline: did B answer 0x10?", d)
+	}
+
+	// The server shut down on A: its offline record crosses the bridge,
+	// and a call to it fails at once.
+	if err := srv.Shutdown(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	watchUntil(t, fleet, isEvent(rpc.ServerOffline, id))
+	start = time.Now()
+	_, err = echo(shortCtx(t, 5*time.Second), client, "x", rpc.To(id), rpc.WithMetadata(md))
+	if e := wantCode(t, err, rpc.Unavailable); !contains(e.Message(), "offline") {
+		t.Errorf("call to the shut-down server: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the call to the shut-down server took %v; want it at once", d)
+	}
+
+	// The other server's process killed: A publishes its Will, which
+	// crosses the bridge.
+	proxy.Refuse()
+	proxy.CutAll()
+	watchUntil(t, fleet, isEvent(rpc.ServerOffline, killed))
+	start = time.Now()
+	_, err = echo(shortCtx(t, 5*time.Second), client, "x", rpc.To(killed))
+	if e := wantCode(t, err, rpc.Unavailable); !contains(e.Message(), "offline") {
+		t.Errorf("call to the killed server: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the call to the killed server took %v; want it at once", d)
+	}
+	if svc.calls.Load() != calls {
+		t.Errorf("%d handler runs after the first two calls, want none", svc.calls.Load()-calls)
+	}
+	if n := len(fleet.Servers("")); n != 0 {
+		t.Errorf("%d servers online on B's view, want none", n)
+	}
+}
+
+// A Mosquitto restarted under a fleet, with persistence (the retained
+// records are saved when it stops and read when it starts) and without
+// (they are gone). Either way the servers reconnect and publish their
+// records again, with a new birth sequence, and the caller's Fleet is
+// known complete again once it has resynchronised. A server that shut
+// down before the restart is never listed online: with persistence the
+// broker still retains its offline record, and the caller that watched it
+// go lists it offline; without, nothing is retained and it is unknown. A
+// caller that comes afterwards lists the same servers online.
+func TestFleetBrokerRestart(t *testing.T) {
+	t.Parallel()
+	for _, persist := range []bool{true, false} {
+		name := "persistence"
+		if !persist {
+			name = "no-persistence"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var opts []mosquittotest.Option
+			if persist {
+				opts = append(opts, mosquittotest.WithPersistence())
+			}
+			mq := mosquittotest.Start(t, opts...)
+			stays := startDevices(t, mq.URL(), uniqueID("stays"), 2, &echoService{})
+			goneID := uniqueID("gone")
+			gone := serveOn(t, dial(t, mq.URL(), rpc.WithClientID(goneID)), rpc.WithServerID(goneID))
+
+			ups := make(chan struct{}, 16)
+			conn := dial(t, mq.URL(), rpc.WithClientID(uniqueID("watcher")), rpc.WithOnConnectionUp(func() {
+				select {
+				case ups <- struct{}{}:
+				default:
+				}
+			}))
+			fleet, err := rpc.WatchFleet(testCtx(t), conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = fleet.Close(context.Background()) })
+			awaitUp(t, ups) // Dial's connection
+			awaitOnline(t, fleet, append(slices.Clone(stays), goneID)...)
+			if err := gone.Shutdown(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			watchUntil(t, fleet, isEvent(rpc.ServerOffline, goneID))
+			before := map[string]uint64{}
+			for _, id := range stays {
+				si, _ := fleet.Server(id)
+				before[id] = si.Seq
+			}
+
+			mq.Restart()
+			// The up after the reconnect comes after the Fleet heard the
+			// connection was down: from here it is complete only once
+			// it has resynchronised with the restarted broker.
+			awaitUp(t, ups)
+			if err := fleet.AwaitComplete(testCtx(t)); err != nil {
+				t.Fatalf("presence not complete again after the restart: %v", err)
+			}
+			// What the restarted broker retains for the server that shut
+			// down: its offline record (persistence), or nothing.
+			rc := newRawClient(t, mq.URL(), uniqueID("raw"))
+			rc.SubscribeTo(t, rpc.PresencePrefix+goneID)
+			marker := "mqttrpc/marker/" + uniqueID("m")
+			rc.SubscribeTo(t, marker)
+			rc.PublishTo(t, marker, nil, "marker") // after the retained messages of the first subscription
+			rec, p := nextRecordOrMarker(t, rc, rpc.PresencePrefix+goneID, marker)
+			switch {
+			case persist && (rec == nil || rec.State != "offline"):
+				t.Errorf("with persistence, the restarted broker retains %v on %s; want the offline record", p, rpc.PresencePrefix+goneID)
+			case !persist && rec != nil:
+				t.Errorf("without persistence, the restarted broker retains %+v; want nothing", rec)
+			}
+
+			// remembers: the Fleet was watching when the server shut down,
+			// and keeps the servers of its online record for the offline
+			// one of the same connection, which lists none. A caller that
+			// comes later has only the retained record, which lists no
+			// server: the server is unknown to it, as without persistence.
+			check := func(t *testing.T, f *rpc.Fleet, remembers bool) {
+				t.Helper()
+				awaitRepublished(t, f, before)
+				var online []string
+				for _, si := range f.Servers(echoServiceName) {
+					online = append(online, si.ID)
+				}
+				if !slices.Equal(online, stays) {
+					t.Errorf("online after the restart: %v, want %v", online, stays)
+				}
+				si, listed := f.Server(goneID)
+				switch {
+				case remembers && (!listed || si.Online):
+					t.Errorf("the server shut down before the restart: listed %t, %+v; want it listed offline, from the persisted record", listed, si)
+				case !remembers && listed:
+					t.Errorf("the server shut down before the restart is listed (%+v); want it unknown", si)
+				}
+				if !f.Complete() {
+					t.Error("presence not known complete")
+				}
+			}
+			check(t, fleet, persist)
+			_, late := watchFleet(t, mq.URL())
+			check(t, late, false)
+
+			client := rpc.NewClient(conn)
+			t.Cleanup(func() { _ = client.Close(context.Background()) })
+			if got, err := echo(testCtx(t), client, "after", rpc.To(stays[0])); err != nil || got != "after" {
+				t.Errorf("call after the restart: %q, %v", got, err)
+			}
+			start := time.Now()
+			_, err = echo(shortCtx(t, 5*time.Second), client, "x", rpc.To(goneID))
+			wantCode(t, err, rpc.Unavailable)
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("the call to the server that shut down took %v; want it at once", d)
+			}
+		})
+	}
+}
+
+// awaitUp waits for a WithOnConnectionUp callback.
+func awaitUp(t *testing.T, ups <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ups:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the connection did not come up within 20s")
+	}
+}
+
+// awaitRepublished waits until every server of before is online with a
+// record newer than the birth sequence it had: it reconnected and
+// published its record again.
+func awaitRepublished(t *testing.T, f *rpc.Fleet, before map[string]uint64) {
+	t.Helper()
+	missing := map[string]bool{}
+	for id := range before {
+		missing[id] = true
+	}
+	watchUntil(t, f, func(ev rpc.FleetEvent) bool {
+		if seq, ok := before[ev.Server.ID]; ok && ev.Server.Online && ev.Server.Seq > seq {
+			delete(missing, ev.Server.ID)
+		}
+		return len(missing) == 0
+	})
+}
+
+// nextRecordOrMarker returns the record rc receives on topic before the
+// marker (nil when the marker comes first) and the message itself.
+func nextRecordOrMarker(t *testing.T, rc *rawClient, topic, marker string) (*wireRecord, *paho.Publish) {
+	t.Helper()
+	for {
+		p := rc.Next(20 * time.Second)
+		switch {
+		case p == nil:
+			t.Fatalf("neither a record on %s nor the marker within 20s", topic)
+		case p.Topic == marker:
+			return nil, p
+		case p.Topic == topic:
+			var r wireRecord
+			if err := json.Unmarshal(p.Payload, &r); err != nil {
+				t.Fatalf("record on %s is not JSON: %v: %q", topic, err, p.Payload)
+			}
+			return &r, p
+		}
+	}
+}
