@@ -126,7 +126,7 @@ func TestFleetOverBridge(t *testing.T) {
 
 	// The other server's process killed: A publishes its Will, which
 	// crosses the bridge.
-	proxy.Refuse()
+	proxy.Refuse(true)
 	proxy.CutAll()
 	watchUntil(t, fleet, isEvent(rpc.ServerOffline, killed))
 	start = time.Now()
@@ -310,4 +310,64 @@ func nextRecordOrMarker(t *testing.T, rc *rawClient, topic, marker string) (*wir
 			return &r, p
 		}
 	}
+}
+
+// The bridge between the caller's broker and the servers' goes down and
+// comes back. While it is down the caller's view of the other side is the
+// last it heard, known complete all the same; once the bridge is back the
+// other broker resends its retained records and the view catches up: a
+// server killed meanwhile shows offline, one started meanwhile online.
+func TestFleetBridgeOutage(t *testing.T) {
+	t.Parallel()
+	a := mosquittotest.Start(t)
+	link := rpctest.NewProxy(t, a.URL())
+	b := mosquittotest.Start(t, mosquittotest.WithBridge(link.Addr(), "mqttrpc/#"))
+
+	stays := startDevices(t, a.URL(), uniqueID("stays"), 1, &echoService{})[0]
+	devProxy := rpctest.NewProxy(t, a.URL())
+	killed := uniqueID("killed")
+	serveOn(t, dial(t, devProxy.URL(), rpc.WithClientID(killed)), rpc.WithServerID(killed))
+	_, onA := watchFleet(t, a.URL())
+	conn, onB := watchFleet(t, b.URL())
+	awaitOnline(t, onB, stays, killed)
+	client := rpc.NewClient(conn)
+	t.Cleanup(func() { _ = client.Close(context.Background()) })
+
+	// The bridge goes down; meanwhile one server dies and another starts.
+	link.Refuse(true)
+	if n := link.CutAll(); n != 1 {
+		t.Fatalf("cut %d bridge connections, want 1", n)
+	}
+	devProxy.Refuse(true)
+	devProxy.CutAll()
+	late := uniqueID("late")
+	serveOn(t, dial(t, a.URL(), rpc.WithClientID(late)), rpc.WithServerID(late))
+	watchUntil(t, onA, isEvent(rpc.ServerOffline, killed))
+	awaitOnline(t, onA, late)
+	if si, ok := onB.Server(killed); !ok || !si.Online || !onB.Complete() {
+		t.Errorf("B's view while the bridge is down: %+v (listed %t), complete %t; want the last it heard: online", si, ok, onB.Complete())
+	}
+	if _, ok := onB.Server(late); ok {
+		t.Errorf("B lists %s, started while the bridge was down", late)
+	}
+	// A call to a server on the other side: presence says online, B
+	// takes the request for the bridge's subscription (PUBACK 0x00, not
+	// 0x10), and the call waits for its deadline.
+	start := time.Now()
+	_, err := echo(shortCtx(t, 500*time.Millisecond), client, "x", rpc.To(stays))
+	wantCode(t, err, rpc.DeadlineExceeded)
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Errorf("the call across the broken bridge ended after %v, before its deadline", d)
+	}
+
+	link.Refuse(false) // Mosquitto retries the bridge every second
+	start = time.Now()
+	watchUntil(t, onB, isEvent(rpc.ServerOffline, killed))
+	awaitOnline(t, onB, late)
+	t.Logf("B's view caught up %v after the bridge was allowed back", time.Since(start))
+	if got, err := echo(testCtx(t), client, "back", rpc.To(late)); err != nil || got != "back" {
+		t.Errorf("call to the server started during the outage: %q, %v", got, err)
+	}
+	_, err = echo(shortCtx(t, 5*time.Second), client, "x", rpc.To(killed))
+	wantCode(t, err, rpc.Unavailable)
 }

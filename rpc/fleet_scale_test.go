@@ -157,7 +157,7 @@ func TestFleetScaleKilledGoOffline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	events := fleet.Watch(ctx)
-	proxy.Refuse()
+	proxy.Refuse(true)
 	start := time.Now()
 	if cut := proxy.CutAll(); cut != n {
 		t.Fatalf("cut %d connections, want %d", cut, n)

@@ -48,6 +48,7 @@ func TestConfigFile(t *testing.T) {
 		"\npersistence true\npersistence_location /tmp/x/\n",
 		"\nconnection mosquittotest-4321-0\naddress 127.0.0.1:1884\n",
 		"\nbridge_protocol_version mqttv50\n",
+		"\nrestart_timeout 1 1\n",
 		"\ntopic mqttrpc/# both 1\ntopic other/+ both 1\n",
 	} {
 		if !strings.Contains(conf, want) {

@@ -43,13 +43,16 @@ func NewProxy(t *testing.T, brokerURL string) *Proxy {
 }
 
 // URL is the proxy's broker URL.
-func (p *Proxy) URL() string { return "mqtt://" + p.ln.Addr().String() }
+func (p *Proxy) URL() string { return "mqtt://" + p.Addr() }
+
+// Addr is the address the proxy listens on, "127.0.0.1:PORT".
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // CutAll closes every forwarded connection at both ends, with a reset
 // (SO_LINGER 0), and returns how many pairs it cut. It speaks no MQTT: the
 // broker gets no DISCONNECT, as from a killed process, and publishes the
 // clients' Wills at once. New connections are still accepted, unless
-// Refuse was called.
+// the proxy refuses them (Refuse).
 func (p *Proxy) CutAll() int {
 	p.mu.Lock()
 	conns := p.conns
@@ -74,18 +77,19 @@ func (p *Proxy) Freeze() {
 	p.mu.Unlock()
 }
 
-// Refuse makes the proxy close every new connection as soon as it is
-// accepted, without forwarding it; the forwarded ones go on. Refuse then
-// CutAll is a kill -9 of the processes behind the proxy: their connections
-// end at once and they do not come back.
-func (p *Proxy) Refuse() {
+// Refuse(true) makes the proxy close every new connection as soon as it
+// is accepted, without forwarding it; the forwarded ones go on.
+// Refuse(false) forwards new connections again. Refuse(true) then CutAll
+// is a kill -9 of the processes behind the proxy: their connections end at
+// once and they do not come back.
+func (p *Proxy) Refuse(on bool) {
 	p.mu.Lock()
-	p.refuse = true
+	p.refuse = on
 	p.mu.Unlock()
 }
 
 // Refused returns how many new connections the proxy closed without
-// forwarding them (after Refuse or Freeze): the clients' attempts to
+// forwarding them (while refusing, or frozen): the clients' attempts to
 // reconnect.
 func (p *Proxy) Refused() int {
 	p.mu.Lock()
@@ -129,7 +133,7 @@ func (p *Proxy) accept() {
 		}
 		p.mu.Lock()
 		if p.frozen || p.refuse {
-			// Refused or frozen while dialling: after Refuse returns,
+			// Refused or frozen while dialling: after Refuse(true) returns,
 			// nothing new is forwarded.
 			p.closed++
 			p.mu.Unlock()
