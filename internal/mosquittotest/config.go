@@ -82,7 +82,10 @@ func configFile(cfg config, port int, dir string) string {
 		// Mosquitto 2.0.11; a backoff from 1 to 1 s does not.
 		line("restart_timeout 1 1")
 		for _, topic := range br.topics {
-			line("topic %s both 1", topic)
+			if !strings.Contains(topic, " ") {
+				topic += " both 1"
+			}
+			line("topic %s", topic)
 		}
 	}
 	return b.String()

@@ -40,7 +40,7 @@ func TestConfigFile(t *testing.T) {
 	}
 
 	cfg = defaultConfig()
-	for _, opt := range []Option{WithPersistence(), WithBridge("127.0.0.1:1884", "mqttrpc/#", "other/+"), WithConfig("acl_file /tmp/acl")} {
+	for _, opt := range []Option{WithPersistence(), WithBridge("127.0.0.1:1884", "mqttrpc/#", "other/+ in 0"), WithConfig("acl_file /tmp/acl")} {
 		opt.apply(&cfg)
 	}
 	conf = configFile(cfg, 4321, "/tmp/x")
@@ -49,7 +49,7 @@ func TestConfigFile(t *testing.T) {
 		"\nconnection mosquittotest-4321-0\naddress 127.0.0.1:1884\n",
 		"\nbridge_protocol_version mqttv50\n",
 		"\nrestart_timeout 1 1\n",
-		"\ntopic mqttrpc/# both 1\ntopic other/+ both 1\n",
+		"\ntopic mqttrpc/# both 1\ntopic other/+ in 0\n",
 	} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("generated config lacks %q:\n%s", strings.TrimSpace(want), conf)

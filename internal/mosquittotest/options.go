@@ -60,10 +60,12 @@ func WithPersistence() Option {
 
 // WithBridge makes the broker bridge to the broker at addr ("host:port",
 // another Broker's Addr): an MQTT v5 bridge with a clean session that
-// carries each topic filter in both directions at QoS 1, and keeps the
-// retain flag of what it forwards. The bridge connects after Start
-// returns, and reconnects within about a second when the other broker
-// restarts. Without topics it carries "#".
+// keeps the retain flag of what it forwards. Each topic is the argument of
+// a mosquitto.conf "topic" line: a filter alone is carried both ways at
+// QoS 1 ("mqttrpc/#"), or the filter, direction and QoS are given
+// ("mqttrpc/_presence/+ in 1": from the other broker to this one). The
+// bridge connects after Start returns, and reconnects within about a
+// second when it is lost. Without topics it carries "#".
 func WithBridge(addr string, topics ...string) Option {
 	if len(topics) == 0 {
 		topics = []string{"#"}
