@@ -6,6 +6,7 @@ package rpc
 // stale Will.
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sync"
@@ -33,6 +34,7 @@ type connPresence struct {
 	servers    []*Server // started servers that announce themselves
 	rev        uint64    // bumped on every change of what the record says
 	published  uint64    // rev last published on connection seq
+	last       []byte    // payload of the last record published (or being published) on connection seq
 	changed    chan struct{}
 	schemaSeq  uint64          // connection the schemas were checked on
 	schemaDone map[string]bool // schema topics checked on schemaSeq
@@ -74,7 +76,7 @@ func (p *connPresence) disconnectPacket() *paho.Disconnect {
 func (p *connPresence) up() {
 	p.mu.Lock()
 	p.seq, p.since = p.pendingSeq, time.Now()
-	p.published = 0
+	p.published, p.last = 0, nil
 	if len(p.servers) == 0 {
 		p.published = p.rev // nothing to announce
 	}
@@ -177,8 +179,10 @@ func (p *connPresence) awaitPublished(ctx context.Context, rev uint64) {
 
 // observe sees every message on the connection's own presence topic, on
 // paho's receive goroutine: a record or removal with an older birth
-// sequence than the connection's is a stale Will, repaired by publishing
-// the record again.
+// sequence than the connection's is a stale Will, and a record of this
+// connection that is not the one it last published an older revision come
+// back (a bridge resends its retained copy when it reconnects); both are
+// repaired by publishing the record again.
 func (p *connPresence) observe(pub *paho.Publish) {
 	pp, ok, _ := parsePresence(pub)
 	if !ok {
@@ -188,6 +192,12 @@ func (p *connPresence) observe(pub *paho.Publish) {
 	stale := p.seq != 0 && pp.seq != 0 && pp.seq < p.seq && len(p.servers) > 0
 	if pp.removed && pp.seq == 0 && p.seq != 0 && len(p.servers) > 0 {
 		stale = true // a removal that names no connection is not ours
+	}
+	if !pp.removed && pp.seq == p.seq && p.seq != 0 && len(p.servers) > 0 && p.last != nil && !bytes.Equal(pub.Payload, p.last) {
+		// Ours, but not the latest: an older revision, or the echo of one
+		// published just before the latest (then the repair is needless,
+		// and harmless).
+		stale = true
 	}
 	if stale {
 		// A new revision, not published = 0: a publish of the record in
@@ -252,8 +262,14 @@ func (p *connPresence) publishOnce(ctx context.Context) bool {
 		// retains, so whoever reads it can fetch them at once.
 		p.ensureSchemas(ctx, seq)
 	}
+	pub := recordPublish(rec)
+	p.mu.Lock()
+	if p.seq == seq {
+		p.last = pub.Payload // before the publish: its echo may come before its PUBACK
+	}
+	p.mu.Unlock()
 	pubCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := p.c.publish(pubCtx, recordPublish(rec))
+	err := p.c.publish(pubCtx, pub)
 	cancel()
 	if err != nil {
 		p.c.logger.Warn("mqttrpc: publishing the presence record failed", "topic", p.topic, "error", err)

@@ -306,3 +306,41 @@ func TestFleetIgnoresMalformedRecords(t *testing.T) {
 		}
 	})
 }
+
+// An older revision of a connection's own record (same seq, not the one
+// it last published: a bridge resending its retained copy after an
+// outage) is repaired: the connection publishes its latest record again.
+func TestPresenceOlderRevisionIsRepaired(t *testing.T) {
+	t.Parallel()
+	eachBroker(t, func(t *testing.T, b *broker) {
+		id := uniqueID("dev")
+		srv := serveOn(t, dial(t, b.url, rpc.WithClientID(id)), rpc.WithServerID(id))
+		rc := newRawClient(t, b.url, uniqueID("raw"))
+		rc.SubscribeTo(t, rpc.PresencePrefix+id)
+		first, p := nextRecord(t, rc, rpc.PresencePrefix+id) // the retained record
+		if first == nil || first.State != "online" || first.Servers[0].Health != "SERVING" {
+			t.Fatalf("record = %+v", first)
+		}
+		older := p.Payload
+		if err := srv.SetHealth("", rpc.HealthNotServing); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := nextRecord(t, rc, rpc.PresencePrefix+id); r == nil || r.Seq != first.Seq || r.Servers[0].Health != "NOT_SERVING" {
+			t.Fatalf("record after SetHealth = %+v", r)
+		}
+
+		if _, err := rc.Publish(testCtx(t), &paho.Publish{Topic: rpc.PresencePrefix + id, QoS: 1, Retain: true, Payload: older}); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := nextRecord(t, rc, rpc.PresencePrefix+id); r == nil || r.Servers[0].Health != "SERVING" {
+			t.Fatalf("the older revision = %+v", r)
+		}
+		if r, _ := nextRecord(t, rc, rpc.PresencePrefix+id); r == nil || r.Seq != first.Seq || r.Servers[0].Health != "NOT_SERVING" {
+			t.Fatalf("repair = %+v, want the latest record (NOT_SERVING, seq %d)", r, first.Seq)
+		}
+		_, late := watchFleet(t, b.url)
+		if h, err := late.Health(id, ""); h != rpc.HealthNotServing {
+			t.Fatalf("a new reader sees health %v (%v), want NOT_SERVING", h, err)
+		}
+	})
+}

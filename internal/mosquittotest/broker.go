@@ -96,9 +96,10 @@ func (b *Broker) URL() string { return "mqtt://" + b.Addr() }
 // Addr returns the address the broker listens on, "127.0.0.1:PORT".
 func (b *Broker) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port)) }
 
-// Restart stops mosquitto and starts it again on the same port. Sessions,
-// subscriptions and retained messages are lost (persistence is off). It fails
-// the test if mosquitto does not come back.
+// Restart stops mosquitto (SIGTERM) and starts it again on the same port.
+// Sessions, subscriptions and retained messages are lost, unless the broker
+// was started WithPersistence. It fails the test if mosquitto does not come
+// back.
 func (b *Broker) Restart() {
 	b.tb.Helper()
 	b.Stop()
@@ -131,7 +132,7 @@ func (b *Broker) Stop() {
 // start runs mosquitto on b.port and waits until it accepts connections.
 func (b *Broker) start() error {
 	confPath := filepath.Join(b.dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(configFile(b.cfg, b.port)), 0o600); err != nil {
+	if err := os.WriteFile(confPath, []byte(configFile(b.cfg, b.port, b.dir)), 0o600); err != nil {
 		return err
 	}
 	logStart := b.log.Len()

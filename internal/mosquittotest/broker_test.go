@@ -242,3 +242,118 @@ func TestThousandConcurrentQoS1Publishes(t *testing.T) {
 		t.Errorf("received %d distinct messages, want %d", len(got), n)
 	}
 }
+
+// A retained message survives Restart with WithPersistence and is lost
+// without it. The subscriber publishes a marker after subscribing: the
+// broker sends the retained messages first, so the first message tells.
+func TestRestartPersistence(t *testing.T) {
+	t.Parallel()
+	for _, persist := range []bool{true, false} {
+		t.Run(fmt.Sprintf("persistence=%t", persist), func(t *testing.T) {
+			t.Parallel()
+			var opts []mosquittotest.Option
+			if persist {
+				opts = append(opts, mosquittotest.WithPersistence())
+			}
+			broker := mosquittotest.Start(t, opts...)
+			pub := connect(t, broker.Addr(), "keeper")
+			if _, err := pub.Publish(timeout(t), &paho.Publish{QoS: 1, Retain: true, Topic: "keep/retained", Payload: []byte("kept")}); err != nil {
+				t.Fatal(err)
+			}
+			broker.Restart()
+			sub := connect(t, broker.Addr(), "reader")
+			sub.subscribe(t, "keep/#")
+			if _, err := sub.Publish(timeout(t), &paho.Publish{QoS: 1, Topic: "keep/marker", Payload: []byte("marker")}); err != nil {
+				t.Fatal(err)
+			}
+			first := sub.receive(t)
+			switch got := first.Topic + " " + string(first.Payload); {
+			case persist && got != "keep/retained kept":
+				t.Errorf("first message after a restart with persistence: %q, want the retained one", got)
+			case !persist && got != "keep/marker marker":
+				t.Errorf("first message after a restart without persistence: %q, want the marker", got)
+			}
+		})
+	}
+}
+
+// A bridge carries its topics both ways, the retain flag and the
+// properties kept; other topics stay on their broker.
+func TestWithBridge(t *testing.T) {
+	t.Parallel()
+	a := mosquittotest.Start(t)
+	pubA := connect(t, a.Addr(), "pub-a")
+	// Retained before the bridge exists: it crosses when the bridge
+	// subscribes, which is how the test knows the bridge is up.
+	if _, err := pubA.Publish(timeout(t), &paho.Publish{QoS: 1, Retain: true, Topic: "bridged/r", Payload: []byte("early")}); err != nil {
+		t.Fatal(err)
+	}
+	b := mosquittotest.Start(t, mosquittotest.WithBridge(a.Addr(), "bridged/#"))
+	subB := connect(t, b.Addr(), "sub-b")
+	subB.subscribe(t, "bridged/#")
+	if got := subB.receive(t); got.Topic != "bridged/r" || string(got.Payload) != "early" {
+		t.Fatalf("received %q on %q, want the retained message from A", got.Payload, got.Topic)
+	}
+
+	// A to B, live, with properties.
+	expiry := uint32(30)
+	props := &paho.PublishProperties{
+		ResponseTopic:   "bridged/responses/x",
+		CorrelationData: []byte{0, 1, 0xff},
+		MessageExpiry:   &expiry,
+		ContentType:     "application/json",
+		User:            paho.UserProperties{{Key: "k", Value: "a"}, {Key: "k", Value: "b"}},
+	}
+	if _, err := pubA.Publish(timeout(t), &paho.Publish{QoS: 1, Topic: "bridged/live", Payload: []byte("live"), Properties: props}); err != nil {
+		t.Fatal(err)
+	}
+	got := subB.receive(t)
+	if got.Topic != "bridged/live" || got.Properties == nil {
+		t.Fatalf("received %+v", got)
+	}
+	g := got.Properties
+	if g.ResponseTopic != props.ResponseTopic || !bytes.Equal(g.CorrelationData, props.CorrelationData) || g.ContentType != props.ContentType ||
+		g.MessageExpiry == nil || *g.MessageExpiry > expiry || *g.MessageExpiry+2 < expiry || !slices.Equal(g.User, props.User) {
+		t.Errorf("properties across the bridge %+v, want %+v", g, props)
+	}
+
+	// B to A.
+	subA := connect(t, a.Addr(), "sub-a")
+	subA.subscribe(t, "bridged/up")
+	pubB := connect(t, b.Addr(), "pub-b")
+	if _, err := pubB.Publish(timeout(t), &paho.Publish{QoS: 1, Topic: "bridged/up", Payload: []byte("up")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := subA.receive(t); got.Topic != "bridged/up" || string(got.Payload) != "up" {
+		t.Fatalf("A received %q on %q", got.Payload, got.Topic)
+	}
+	if got := subB.receive(t); got.Topic != "bridged/up" {
+		t.Fatalf("B's subscriber received %q on %q, want its own broker's bridged/up", got.Payload, got.Topic)
+	}
+
+	// A retained message published on A while bridged is retained on B too.
+	if _, err := pubA.Publish(timeout(t), &paho.Publish{QoS: 1, Retain: true, Topic: "bridged/r", Payload: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := subB.receive(t); string(got.Payload) != "late" {
+		t.Fatalf("received %q, want the new retained message", got.Payload)
+	}
+	late := connect(t, b.Addr(), "late-b")
+	late.subscribe(t, "bridged/r")
+	if got := late.receive(t); string(got.Payload) != "late" || !got.Retain {
+		t.Errorf("a new subscriber on B got %q (retain %t), want the retained \"late\"", got.Payload, got.Retain)
+	}
+
+	// Nothing else crosses: on B nobody subscribes to other/x, and the
+	// bridge does not either, so B says no matching subscribers.
+	resp, err := pubB.Publish(timeout(t), &paho.Publish{QoS: 1, Topic: "other/x", Payload: []byte("x")})
+	if err != nil || resp.ReasonCode != 0x10 {
+		t.Errorf("publish outside the bridged topics: %v, %+v; want reason 0x10", err, resp)
+	}
+	// Over the bridge, B answers 0x00 for a bridged topic that nobody on
+	// A subscribes to: the bridge is a subscriber.
+	resp, err = pubB.Publish(timeout(t), &paho.Publish{QoS: 1, Topic: "bridged/nobody", Payload: []byte("x")})
+	if err != nil || resp.ReasonCode != 0 {
+		t.Errorf("publish to a bridged topic nobody reads: %v, %+v; want reason 0x00", err, resp)
+	}
+}

@@ -18,6 +18,8 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  []net.Conn
 	frozen bool
+	refuse bool
+	closed int // new connections closed unforwarded (Refuse, Freeze)
 	wg     sync.WaitGroup
 }
 
@@ -41,10 +43,16 @@ func NewProxy(t *testing.T, brokerURL string) *Proxy {
 }
 
 // URL is the proxy's broker URL.
-func (p *Proxy) URL() string { return "mqtt://" + p.ln.Addr().String() }
+func (p *Proxy) URL() string { return "mqtt://" + p.Addr() }
 
-// CutAll closes every forwarded connection at both ends and returns how
-// many pairs it cut. New connections are still accepted.
+// Addr is the address the proxy listens on, "127.0.0.1:PORT".
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// CutAll closes every forwarded connection at both ends, with a reset
+// (SO_LINGER 0), and returns how many pairs it cut. It speaks no MQTT: the
+// broker gets no DISCONNECT, as from a killed process, and publishes the
+// clients' Wills at once. New connections are still accepted, unless
+// the proxy refuses them (Refuse).
 func (p *Proxy) CutAll() int {
 	p.mu.Lock()
 	conns := p.conns
@@ -69,6 +77,38 @@ func (p *Proxy) Freeze() {
 	p.mu.Unlock()
 }
 
+// Refuse(true) makes the proxy close every new connection as soon as it
+// is accepted, without forwarding it; the forwarded ones go on.
+// Refuse(false) forwards new connections again. Refuse(true) then CutAll
+// is a kill -9 of the processes behind the proxy: their connections end at
+// once and they do not come back.
+func (p *Proxy) Refuse(on bool) {
+	p.mu.Lock()
+	p.refuse = on
+	p.mu.Unlock()
+}
+
+// Refused returns how many new connections the proxy closed without
+// forwarding them (while refusing, or frozen): the clients' attempts to
+// reconnect.
+func (p *Proxy) Refused() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// closedToNew reports whether new connections are closed at once, and
+// counts one if so.
+func (p *Proxy) closedToNew() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen || p.refuse {
+		p.closed++
+		return true
+	}
+	return false
+}
+
 func (p *Proxy) isFrozen() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -82,7 +122,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		if p.isFrozen() {
+		if p.closedToNew() {
 			_ = client.Close()
 			continue
 		}
@@ -92,6 +132,15 @@ func (p *Proxy) accept() {
 			continue
 		}
 		p.mu.Lock()
+		if p.frozen || p.refuse {
+			// Refused or frozen while dialling: after Refuse(true) returns,
+			// nothing new is forwarded.
+			p.closed++
+			p.mu.Unlock()
+			_ = client.Close()
+			_ = server.Close()
+			continue
+		}
 		p.conns = append(p.conns, client, server)
 		p.mu.Unlock()
 		p.wg.Add(2)
