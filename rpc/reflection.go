@@ -209,12 +209,12 @@ func (c *Conn) retainedSnapshot(ctx context.Context, topics []string) (map[strin
 func (p *connPresence) ensureSchemas(ctx context.Context, seq uint64) {
 	p.mu.Lock()
 	if p.schemaSeq != seq {
-		p.schemaSeq, p.schemaDone = seq, map[string]bool{}
+		p.schemaSeq, p.schemaDone = seq, p.schemaDone[:0]
 	}
 	var pending []*schema
 	for _, s := range p.servers {
 		for _, sc := range s.schemas() {
-			if !p.schemaDone[sc.topic] && !containsSchema(pending, sc) {
+			if !containsSchema(p.schemaDone, sc) && !containsSchema(pending, sc) {
 				pending = append(pending, sc)
 			}
 		}
@@ -251,9 +251,7 @@ func (p *connPresence) ensureSchemas(ctx context.Context, seq uint64) {
 	}
 	p.mu.Lock()
 	if p.schemaSeq == seq {
-		for _, sc := range pending {
-			p.schemaDone[sc.topic] = true
-		}
+		p.schemaDone = append(p.schemaDone, pending...)
 	}
 	p.mu.Unlock()
 }
