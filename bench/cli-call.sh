@@ -19,10 +19,18 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$dir/mosquitto.conf"
 mosquitto -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
 broker="mqtt://127.0.0.1:$port"
+# Start the device (again, if the broker was not listening yet) and wait
+# until it says it serves.
 for _ in $(seq 50); do
+  : > "$dir/device.log"
   "$dir/device" -broker "$broker" -id bench-dev > "$dir/device.log" 2>&1 & dev=$!
-  sleep 0.1
-  if kill -0 $dev 2>/dev/null && grep -q serving "$dir/device.log"; then break; fi
+  for _ in $(seq 100); do
+    grep -q serving "$dir/device.log" && break
+    kill -0 $dev 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q serving "$dir/device.log" && break
+  kill $dev 2>/dev/null || true
   wait $dev 2>/dev/null || true
 done
 grep -q serving "$dir/device.log" || { echo "the device did not start:"; cat "$dir/device.log"; exit 1; }
