@@ -47,6 +47,8 @@ type Conn struct {
 	listeners   atomic.Pointer[[]*listener]
 	listenersMu sync.Mutex
 	snapshotMu  sync.Mutex // retainedSnapshot runs one at a time (reflection.go)
+	resumeMu    sync.Mutex
+	resumables  map[resumable]struct{} // streams to resume after a reconnect (resume.go)
 	// parked holds QoS 1/2 packets nobody claimed yet, on a Conn made by
 	// Dial: a persistent session's redelivered requests arrive right after
 	// CONNACK, before the application has started its Server. They are

@@ -78,6 +78,7 @@ func (h *connHooks) connectionUp(c *Conn) {
 	if c.presence != nil {
 		c.presence.up()
 	}
+	c.resumeStreams()
 	h.mu.Lock()
 	fleets := h.fleets
 	if h.running {

@@ -221,6 +221,18 @@ func (q *recvQueue) pop(ctx context.Context) (p *paho.Publish, end bool, grant i
 	}
 }
 
+// received returns the acknowledgement to send: every message numbered
+// below it has arrived (consumed, or waiting in order).
+func (q *recvQueue) received() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := q.next
+	for q.early[n] != nil {
+		n++
+	}
+	return n
+}
+
 // credit returns the credit granted so far.
 func (q *recvQueue) credit() int64 {
 	q.mu.Lock()

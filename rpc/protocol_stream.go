@@ -23,6 +23,8 @@ const (
 	propEnd       = "mqttrpc-end"
 	propKeepalive = "mqttrpc-keepalive"
 	propSent      = "mqttrpc-sent"
+	propAck       = "mqttrpc-ack"
+	propResume    = "mqttrpc-resume"
 )
 
 const (
@@ -70,6 +72,8 @@ type streamProps struct {
 	seq       int64
 	credit    int64
 	sent      int64 // a keepalive's count of data messages sent
+	ack       int64 // the peer has every message numbered below it
+	resume    bool  // the peer reconnected: resend from ack
 	end       bool  // a client's half-close
 	hasStatus bool  // a server's final message (or a unary answer)
 	target    string
@@ -77,7 +81,7 @@ type streamProps struct {
 
 // readStreamProps reads the stream properties of p.
 func readStreamProps(p *paho.Publish) streamProps {
-	sp := streamProps{seq: -1, credit: -1, sent: -1}
+	sp := streamProps{seq: -1, credit: -1, sent: -1, ack: -1}
 	if p.Properties == nil {
 		return sp
 	}
@@ -89,6 +93,10 @@ func readStreamProps(p *paho.Publish) streamProps {
 			sp.credit = parseCount(u.Value)
 		case propSent:
 			sp.sent = parseCount(u.Value)
+		case propAck:
+			sp.ack = parseCount(u.Value)
+		case propResume:
+			sp.resume = u.Value == "1"
 		case propEnd:
 			sp.end = u.Value == "1"
 		case propStatus:
@@ -164,9 +172,14 @@ func dataProps(seq int64, extra int) paho.UserProperties {
 	return user
 }
 
-// creditProps are the properties of a credit message granting credit.
-func creditProps(credit int64, target string) paho.UserProperties {
-	user := paho.UserProperties{{Key: propCredit, Value: strconv.FormatInt(min(credit, maxCredit), 10)}}
+// creditProps are the properties of a credit message granting credit and
+// acknowledging the messages numbered below ack (none when ack is 0).
+func creditProps(credit, ack int64, target string) paho.UserProperties {
+	user := make(paho.UserProperties, 1, 4)
+	user[0] = paho.UserProperty{Key: propCredit, Value: strconv.FormatInt(min(credit, maxCredit), 10)}
+	if ack > 0 {
+		user = append(user, paho.UserProperty{Key: propAck, Value: strconv.FormatInt(ack, 10)})
+	}
 	if target != "" {
 		user = append(user, paho.UserProperty{Key: propTarget, Value: target})
 	}
@@ -174,9 +187,16 @@ func creditProps(credit int64, target string) paho.UserProperties {
 }
 
 // keepaliveProps are the properties of a keepalive: a credit message
-// that repeats the credit granted and counts the data messages sent.
-func keepaliveProps(credit, sent int64, target string) paho.UserProperties {
-	return append(creditProps(credit, target), paho.UserProperty{Key: propSent, Value: strconv.FormatInt(sent, 10)})
+// that repeats the credit granted, acknowledges what arrived and counts
+// the data messages sent.
+func keepaliveProps(credit, ack, sent int64, target string) paho.UserProperties {
+	return append(creditProps(credit, ack, target), paho.UserProperty{Key: propSent, Value: strconv.FormatInt(sent, 10)})
+}
+
+// resumeProps are the properties of the credit message a side sends on
+// each of its streams after it reconnected: resend from ack.
+func resumeProps(credit, ack int64, target string) paho.UserProperties {
+	return append(creditProps(credit, ack, target), paho.UserProperty{Key: propResume, Value: "1"})
 }
 
 // halfCloseProps are the properties of a client's half-close, the seq-th

@@ -39,6 +39,8 @@ type clientStream struct {
 	credit *sendCredit
 	slots  chan struct{}  // publishes in flight
 	pubs   sync.WaitGroup // publish goroutines; Add under mu while !ended
+	out    replay         // numbered messages sent, until the server acknowledges them
+	unhook func()         // removes the stream from its Conn's resumables
 
 	accepted  chan struct{} // closed at the server's first message
 	broken    chan struct{} // closed when the stream failed or ended
@@ -57,7 +59,8 @@ type clientStream struct {
 	ended       bool
 	watching    bool // the watcher started: wait for watchDone
 	openSent    bool
-	live        *liveness // the keepalive, started with the open
+	openMsg     *paho.Publish // the open, published again after a reconnect until the server answers
+	live        *liveness     // the keepalive, started with the open
 
 	// sentCount is sendSeq for the keepalive's goroutine.
 	sentCount atomic.Int64
@@ -106,6 +109,7 @@ func (c *Client) openStream(ctx context.Context) StreamingClientConn {
 		st.end(err)
 		return st
 	}
+	st.unhook = c.conn.addResumable(st)
 	if desc.ClientStreams {
 		st.opened = true
 		if err := st.publishOpen(noMessage{}); err != nil {
@@ -132,6 +136,7 @@ func (st *clientStream) publishOpen(req any) error {
 	st.env.topic = p.Topic
 	st.mu.Lock()
 	st.openSent = true
+	st.openMsg = p
 	st.mu.Unlock()
 	if err := c.publishWithRetry(st.ctx, p, timeoutProp); err != nil {
 		return st.localError(err)
@@ -170,7 +175,7 @@ func (st *clientStream) checkLiveness(silentFor time.Duration) (over bool) {
 // ping is the keepalive: a credit message that repeats the credit granted
 // and counts the messages sent.
 func (st *clientStream) ping() {
-	p := st.message(keepaliveProps(st.recv.credit(), st.sentCount.Load(), ""), nil)
+	p := st.message(keepaliveProps(st.recv.credit(), st.recv.received(), st.sentCount.Load(), ""), nil)
 	if err := st.client.conn.publish(st.ctx, p); err != nil {
 		st.client.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", p.Topic, "error", err)
 	}
@@ -258,6 +263,9 @@ func (st *clientStream) end(err error) {
 		st.setHeaders(nil) // no header comes any more
 		st.breakWith(err)
 		st.client.conn.responses.forgetStream(st.corr)
+		if st.unhook != nil {
+			st.unhook()
+		}
 		if !st.stopWatch() {
 			st.mu.Lock()
 			st.watching = true
@@ -285,8 +293,11 @@ func (st *clientStream) join() {
 	}
 }
 
-// publishAsync publishes p on a goroutine of the stream: a failure breaks
-// the stream (a message lost to a dropped connection is not resent yet).
+// publishAsync publishes p on a goroutine of the stream. A message that
+// did not reach the broker because the connection is down, or that the
+// broker had nobody for (the server is reconnecting), stays in the replay
+// buffer and goes out again when either side resumes; any other failure
+// breaks the stream.
 func (st *clientStream) publishAsync(p *paho.Publish) error {
 	select {
 	case st.slots <- struct{}{}:
@@ -307,11 +318,71 @@ func (st *clientStream) publishAsync(p *paho.Publish) error {
 		defer st.pubs.Done()
 		err := st.client.conn.publish(st.ctx, p)
 		<-st.slots
-		if err != nil && st.ctx.Err() == nil {
+		if err != nil && st.ctx.Err() == nil && CodeOf(err) != Unavailable {
 			st.breakWith(Errorf(CodeOf(err), "a stream message was not published: %s", asError(err).Message()))
 		}
 	}()
 	return nil
+}
+
+// spawn runs f on a goroutine of the stream, unless it has ended.
+func (st *clientStream) spawn(f func()) {
+	st.mu.Lock()
+	if st.ended {
+		st.mu.Unlock()
+		return
+	}
+	st.pubs.Add(1)
+	st.mu.Unlock()
+	go func() {
+		defer st.pubs.Done()
+		f()
+	}()
+}
+
+// reconnected resumes the stream on the Conn's new connection (see
+// resume.go): once its subscriptions are back, the open again if the
+// server has not answered yet, else a resume message (the server resends
+// what it sent meanwhile) and what the server has not acknowledged.
+func (st *clientStream) reconnected() {
+	st.spawn(func() {
+		if st.client.conn.waitReady(st.ctx) != nil {
+			return
+		}
+		st.mu.Lock()
+		accepted, open := st.gotFirst, st.openMsg
+		st.mu.Unlock()
+		if !accepted {
+			if open != nil {
+				if err := st.client.conn.publish(st.ctx, open); err != nil {
+					st.client.logger.Debug("mqttrpc: publishing a stream's open again failed", "topic", open.Topic, "error", err)
+				}
+			}
+			return
+		}
+		st.resend(st.message(resumeProps(st.recv.credit(), st.recv.received(), ""), nil), 0)
+	})
+}
+
+// resend publishes first (a resume or credit message), then the buffered
+// messages numbered from and above. A message no longer kept breaks the
+// stream with DataLoss.
+func (st *clientStream) resend(first *paho.Publish, from int64) {
+	if err := st.client.conn.publish(st.ctx, first); err != nil {
+		st.client.logger.Debug("mqttrpc: resuming a stream failed", "topic", first.Topic, "error", err)
+		return
+	}
+	msgs, missing := st.out.from(from, st.expiry())
+	if missing {
+		st.breakWith(Errorf(DataLoss, "the server lost stream messages from %d that are no longer kept for resending", from))
+		return
+	}
+	for _, p := range msgs {
+		if err := st.client.conn.publish(st.ctx, p); err != nil {
+			st.client.logger.Debug("mqttrpc: resending a stream message failed", "topic", p.Topic, "error", err)
+			return
+		}
+	}
 }
 
 // sendError is what Send returns once the stream is broken: io.EOF when
@@ -354,6 +425,15 @@ func (st *clientStream) deliver(p *paho.Publish) {
 	}
 	if sp.credit >= 0 {
 		st.credit.grant(sp.credit)
+	}
+	if sp.ack >= 0 {
+		st.out.ack(sp.ack)
+	}
+	if sp.resume && sp.ack >= 0 {
+		// The server reconnected: it missed what we sent meanwhile, and
+		// our credit.
+		from := sp.ack
+		st.spawn(func() { st.resend(st.message(creditProps(st.recv.credit(), st.recv.received(), ""), nil), from) })
 	}
 	if sp.sent >= 0 {
 		st.recv.noteSent(sp.sent)
@@ -453,6 +533,7 @@ func (st *clientStream) Send(msg any) error {
 		return Errorf(ResourceExhausted, "stream message of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), st.client.maxPayload)
 	}
 	p := st.message(dataProps(st.sendSeq, 0), payload)
+	st.out.add(st.sendSeq, p)
 	st.sendSeq++
 	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
@@ -487,7 +568,9 @@ func (st *clientStream) CloseSend() error {
 		return err
 	}
 	st.sentCount.Store(st.sendSeq + 1) // the half-close is numbered too
-	return st.publishAsync(st.message(halfCloseProps(st.sendSeq), nil))
+	p := st.message(halfCloseProps(st.sendSeq), nil)
+	st.out.add(st.sendSeq, p)
+	return st.publishAsync(p)
 }
 
 // Receive implements StreamingClientConn.
@@ -523,7 +606,7 @@ func (st *clientStream) Receive(msg any) error {
 		return result
 	}
 	if grant > 0 {
-		if err := st.publishAsync(st.message(creditProps(grant, ""), nil)); err != nil {
+		if err := st.publishAsync(st.message(creditProps(grant, st.recv.received(), ""), nil)); err != nil {
 			return err
 		}
 	}

@@ -33,6 +33,7 @@ type serverStream struct {
 	credit *sendCredit
 	slots  chan struct{}  // publishes in flight
 	pubs   sync.WaitGroup // publish goroutines; Add under mu while !ended
+	out    replay         // numbered messages sent, until the caller acknowledges them
 	live   *liveness      // nil when the caller asked for no keepalive
 	// sentCount is sendSeq for the keepalive's goroutine.
 	sentCount atomic.Int64
@@ -124,7 +125,7 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 	req.ack()
 	if desc.ClientStreams {
 		// Accepting: the caller may send once it has credit, to us.
-		accept := st.env.message(st.expiry(), creditProps(int64(s.cfg.streamWindow), st.target), nil)
+		accept := st.env.message(st.expiry(), creditProps(int64(s.cfg.streamWindow), 0, st.target), nil)
 		if err := s.publish(ctx, accept); err != nil {
 			s.count(DropResponseFailed, p.Topic)
 			s.cfg.logger.Warn("mqttrpc: accepting a stream failed", "topic", p.Topic, "error", err)
@@ -133,8 +134,10 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 			return
 		}
 	}
+	unhook := s.conn.addResumable(st)
 	err := s.runStreamHandler(withCall(ctx, call), req.method, st)
 	st.finish(err)
+	unhook()
 }
 
 // runStreamHandler calls the handler and turns a panic into Internal.
@@ -229,8 +232,72 @@ func (st *serverStream) ping() {
 	if st.recv != nil {
 		credit = st.recv.credit()
 	}
-	if err := st.s.publish(st.ctx, st.env.message(st.expiry(), keepaliveProps(credit, st.sentCount.Load(), st.target), nil)); err != nil {
+	if err := st.s.publish(st.ctx, st.env.message(st.expiry(), keepaliveProps(credit, st.received(), st.sentCount.Load(), st.target), nil)); err != nil {
 		st.s.cfg.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", st.env.topic, "error", err)
+	}
+}
+
+// received is the acknowledgement of the caller's messages; 0 for a
+// server stream, whose caller sends none.
+func (st *serverStream) received() int64 {
+	if st.recv == nil {
+		return 0
+	}
+	return st.recv.received()
+}
+
+// credit is the credit granted to the caller; 0 for a server stream.
+func (st *serverStream) grantedCredit() int64 {
+	if st.recv == nil {
+		return 0
+	}
+	return st.recv.credit()
+}
+
+// spawn runs f on a goroutine of the stream, unless it has ended.
+func (st *serverStream) spawn(f func()) {
+	st.mu.Lock()
+	if st.ended {
+		st.mu.Unlock()
+		return
+	}
+	st.pubs.Add(1)
+	st.mu.Unlock()
+	go func() {
+		defer st.pubs.Done()
+		f()
+	}()
+}
+
+// reconnected resumes the stream on the server's new connection (see
+// resume.go): a resume message, so that the caller resends what it sent
+// meanwhile and learns our credit, then what the caller has not
+// acknowledged.
+func (st *serverStream) reconnected() {
+	st.spawn(func() {
+		if st.s.conn.waitReady(st.ctx) != nil {
+			return
+		}
+		st.resend(st.env.message(st.expiry(), resumeProps(st.grantedCredit(), st.received(), st.target), nil), 0)
+	})
+}
+
+// resend publishes first (a resume or credit message), then the buffered
+// messages numbered from and above.
+func (st *serverStream) resend(first *paho.Publish, from int64) {
+	if err := st.s.publish(st.ctx, first); err != nil {
+		st.s.cfg.logger.Debug("mqttrpc: resuming a stream failed", "topic", first.Topic, "error", err)
+		return
+	}
+	msgs, missing := st.out.from(from, st.expiry())
+	if missing {
+		st.s.cfg.logger.Warn("mqttrpc: stream messages the caller lost are no longer kept; it will see DataLoss", "topic", st.env.topic, "from", from)
+	}
+	for _, p := range msgs {
+		if err := st.s.publish(st.ctx, p); err != nil {
+			st.s.cfg.logger.Debug("mqttrpc: resending a stream message failed", "topic", p.Topic, "error", err)
+			return
+		}
 	}
 }
 
@@ -278,6 +345,17 @@ func (s *Server) streamMessage(p *paho.Publish) {
 	sp := readStreamProps(p)
 	if sp.credit >= 0 {
 		st.credit.grant(sp.credit)
+	}
+	if sp.ack >= 0 {
+		st.out.ack(sp.ack)
+	}
+	if sp.resume && sp.ack >= 0 {
+		// The caller reconnected: it missed what we sent meanwhile, and
+		// our credit.
+		from := sp.ack
+		st.spawn(func() {
+			st.resend(st.env.message(st.expiry(), creditProps(st.grantedCredit(), st.received(), st.target), nil), from)
+		})
 	}
 	if st.recv != nil {
 		if sp.sent >= 0 {
@@ -344,6 +422,7 @@ func (st *serverStream) Send(msg any) error {
 		user = dataProps(st.sendSeq, 0)
 	}
 	p := st.env.message(st.expiry(), user, payload)
+	st.out.add(st.sendSeq, p)
 	st.sendSeq++
 	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
@@ -374,7 +453,10 @@ func (st *serverStream) publishAsync(p *paho.Publish) error {
 		defer st.pubs.Done()
 		err := st.s.publish(st.ctx, p)
 		<-st.slots
-		if err != nil && st.ctx.Err() == nil {
+		// Unavailable (our connection is down, or the caller's response
+		// topic has no subscriber while it reconnects): the message stays
+		// in the replay buffer for when either side resumes.
+		if err != nil && st.ctx.Err() == nil && CodeOf(err) != Unavailable {
 			st.mu.Lock()
 			if st.sendErr == nil {
 				st.sendErr = Errorf(CodeOf(err), "a stream message was not published: %s", asError(err).Message())
@@ -410,7 +492,7 @@ func (st *serverStream) Receive(msg any) error {
 		return io.EOF
 	}
 	if grant > 0 {
-		if err := st.publishAsync(st.env.message(st.expiry(), creditProps(grant, ""), nil)); err != nil {
+		if err := st.publishAsync(st.env.message(st.expiry(), creditProps(grant, st.recv.received(), ""), nil)); err != nil {
 			return err
 		}
 	}
