@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
 	"github.com/mqttrpc/mqttrpc/internal/rpctest"
 	"github.com/mqttrpc/mqttrpc/rpc"
 )
@@ -112,6 +113,68 @@ func TestStreamResumesAfterConnectionCut(t *testing.T) {
 					t.Errorf("%d handlers ran for one stream", n)
 				}
 			})
+		})
+	}
+}
+
+// The broker restarted mid-stream (testbroker, which keeps nothing;
+// Mosquitto with persistence and without): both sides lose their
+// connection at once, reconnect, and the stream resumes: every message
+// once, in order, then io.EOF.
+func TestStreamResumesAfterBrokerRestart(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"testbroker", "mosquitto", "mosquitto with persistence"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			var restart func()
+			switch kind {
+			case "testbroker":
+				b := newTestbroker(t)
+				url, restart = b.url, func() {
+					if err := b.tb.Restart(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			default:
+				var opts []mosquittotest.Option
+				if kind != "mosquitto" {
+					opts = append(opts, mosquittotest.WithPersistence())
+				}
+				mq := mosquittotest.Start(t, opts...)
+				url, restart = mq.URL(), mq.Restart
+			}
+			const total = 300
+			svc := &streamService{count: func(ctx context.Context, req *wrapperspb.Int64Value, stream rpc.ServerStreamingServer[wrapperspb.Int64Value]) error {
+				for i := range int64(total) {
+					if err := stream.Send(wrapperspb.Int64(i)); err != nil {
+						return err
+					}
+				}
+				return nil
+			}}
+			id := uniqueID("dev")
+			startStreamServer(t, url, svc, rpc.WithServerID(id))
+			client := rpc.NewClient(dial(t, url, rpc.WithClientID(uniqueID("caller"))), rpc.WithStreamKeepalive(2*time.Second), rpc.WithStreamWindow(8))
+			t.Cleanup(func() { _ = client.Close(context.Background()) })
+			stream := openCount(t, shortCtx(t, time.Minute), client, 0, rpc.To(id))
+			var n int64
+			var err error
+			for {
+				var m *wrapperspb.Int64Value
+				if m, err = stream.Recv(); err != nil {
+					break
+				}
+				if m.GetValue() != n {
+					t.Fatalf("message %d is %d: a gap or a copy reached the application", n, m.GetValue())
+				}
+				if n++; n == 100 {
+					restart()
+				}
+			}
+			if !errors.Is(err, io.EOF) || n != total {
+				t.Fatalf("after %d messages: %v; want all %d, then io.EOF", n, err, total)
+			}
 		})
 	}
 }
