@@ -31,6 +31,7 @@ var (
 	rounds      = flag.Int("rounds", 5, "-targets: rounds per cell")
 	scale       = flag.Bool("scale", false, "run the scale measurements instead of the table")
 	fleetFlag   = flag.Bool("fleet", false, "run the fleet measurements on Mosquitto (presence at scale) instead of the table")
+	cancelFlag  = flag.Bool("cancel", false, "measure how long a caller's cancel takes to end the handler's context (unary and stream) instead of the table")
 	streams     = flag.Bool("streams", false, "run the stream throughput measurements (server and client streams next to raw paho) instead of the table")
 	duration    = flag.Duration("duration", 3*time.Second, "measured time per row")
 	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each row")
@@ -72,6 +73,8 @@ func main() {
 		err = runScale()
 	case *streams:
 		err = runStreams()
+	case *cancelFlag:
+		err = runCancel()
 	case *fleetFlag:
 		err = runFleet()
 	case *quick:
