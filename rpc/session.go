@@ -115,11 +115,27 @@ func (g *sessionGuard) AddToSession(ctx context.Context, p session.Packet, resp 
 	err := g.SessionManager.AddToSession(ctx, p, resp)
 	if pub, ok := p.(*packets.Publish); ok && err == nil {
 		g.mu.Lock()
-		// If the session was cleaned meanwhile, paho may or may not have
-		// taken the packet into the new one: leave the publish to its
-		// context rather than risk a second answer nobody reads.
-		if g.cleans == cleans {
+		switch {
+		case g.cleans == cleans:
 			g.waiting[pub.PacketID] = resp
+		case g.expiry == 0:
+			// The session was cleaned meanwhile, and every connection
+			// cleans it (Session Expiry Interval 0): whether paho took the
+			// packet before the clean or after (into a session the next
+			// CONNACK cleans again), no acknowledgement will ever come for
+			// it, so nothing but this sends on resp. End the publish now,
+			// as endAllLocked does; it fails with Unavailable and is
+			// retried on the new connection. (Left to its context, a
+			// server's answer waited out the call's deadline: 3 runs in
+			// 150 of TestFaultTable's cut of the server's connection.)
+			select {
+			case resp <- packets.ControlPacket{}:
+			default:
+			}
+		default:
+			// A session that lives on: paho may resend the packet and
+			// send its acknowledgement on resp; leave the publish to its
+			// context rather than risk blocking paho on a full channel.
 		}
 		g.mu.Unlock()
 	}
