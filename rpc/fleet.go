@@ -472,6 +472,9 @@ func (f *Fleet) failFast(cc *clientCall) error {
 		}
 		return nil
 	}
+	if checkTokenValue("target", cc.target) != nil {
+		return nil // not a target at all: the call fails with InvalidArgument
+	}
 	if err := f.unavailable(cc.service, cc.target); err != nil {
 		return err
 	}

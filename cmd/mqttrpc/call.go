@@ -38,6 +38,7 @@ type callFlags struct {
 	any     bool
 	data    string
 	headers listFlag
+	tokens  listFlag
 	timeout time.Duration
 	qos     int
 }
@@ -50,6 +51,7 @@ func (c *callFlags) register(fs *flag.FlagSet, unicast bool) {
 	}
 	fs.StringVar(&c.data, "d", "", "the request as JSON, @FILE to read it from a file, @- from stdin (default {}); for a client stream, JSON objects one per line")
 	fs.Var(&c.headers, "H", "request metadata `key=value` (repeatable)")
+	fs.Var(&c.tokens, "token", "a value for a custom token of the method's topic template, `name=value` (repeatable; e.g. --token site=north for plant/{site}/{target}/{method})")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "the call's `deadline`")
 }
 
@@ -79,6 +81,13 @@ func (c *callFlags) options() ([]rpc.CallOption, error) {
 			md.Add(k, v)
 		}
 		opts = append(opts, rpc.WithMetadata(md))
+	}
+	for _, tok := range c.tokens {
+		k, v, ok := strings.Cut(tok, "=")
+		if !ok || k == "" {
+			return nil, usagef("--token %q: want name=value", tok)
+		}
+		opts = append(opts, rpc.WithToken(k, v))
 	}
 	if c.qos >= 0 {
 		if c.qos > 2 {
@@ -259,7 +268,7 @@ func (a *app) call(ctx context.Context, args []string) error {
 	resp := dynamicpb.NewMessage(m.Output())
 	opts = append(opts, rpc.ResponseMetadata(&md))
 	if err := stub.Invoke(ctx, req, resp, opts...); err != nil {
-		return asFailure(err)
+		return asFailure(a.failFastHint(err))
 	}
 	a.printMetadata("response metadata", md)
 	return a.print(s, resp, false)
@@ -490,12 +499,35 @@ func (a *app) printMetadataAlways(md rpc.Metadata) {
 // code, but for InvalidArgument that the command itself found in what it
 // was given (a target with a "/", say), before anything was sent: a usage
 // error.
+// failFastHint adds to a call that failed fast (the fleet that brought the
+// schema by reflection does not list its target) what to do when the
+// target runs without presence.
+func (a *app) failFastHint(err error) error {
+	e := asError(err)
+	if a.fleet == nil || e.Code() != rpc.Unavailable || rpc.IsWireError(err) || !strings.HasPrefix(e.Message(), "no server") {
+		return err
+	}
+	msg := e.Message()
+	if i := strings.Index(msg, "; servers without presence"); i >= 0 {
+		msg = msg[:i] // the runtime's advice is for Go code
+	}
+	return rpc.Errorf(rpc.Unavailable, "%s (a server that runs without presence is not in the records: give its schema with --proto or --protoset to call it anyway)", msg)
+}
+
 func asFailure(err error) error {
 	e := asError(err)
 	if e.Code() == rpc.InvalidArgument && !rpc.IsWireError(err) {
-		return usagef("%s", e.Message())
+		return usagef("%s", cliAdvice(e.Message()))
 	}
 	return &rpcFailure{err: e}
+}
+
+// cliAdvice turns the runtime's advice for Go code into the command's.
+func cliAdvice(msg string) string {
+	if i := strings.Index(msg, "pass rpc.WithToken("); i >= 0 {
+		return msg[:i] + "give --token NAME=VALUE"
+	}
+	return msg
 }
 
 func asError(err error) *rpc.Error {

@@ -85,7 +85,10 @@ func (a *app) dial(ctx context.Context) (*rpc.Conn, error) {
 	// One call and gone: TCP_QUICKACK from the first packet, so that stock
 	// Mosquitto (Nagle on) does not hold the answer 40 ms behind our
 	// delayed ACK.
-	opts := []rpc.ConnOption{rpc.WithClientID(id), rpc.WithDialTimeout(g.connectTimeout), rpc.WithTCPQuickAckFromStart()}
+	// No presence: the command serves nothing, and a run that ends
+	// without a DISCONNECT would leave its Will, an empty offline record,
+	// retained for a day.
+	opts := []rpc.ConnOption{rpc.WithClientID(id), rpc.WithDialTimeout(g.connectTimeout), rpc.WithTCPQuickAckFromStart(), rpc.WithPresence(false)}
 	if g.username != "" || g.password != "" {
 		opts = append(opts, rpc.WithCredentials(g.username, g.password))
 	}

@@ -20,6 +20,8 @@ import (
 type fleetFlags struct {
 	target  string
 	timeout time.Duration
+	tokens  listFlag         // stats: custom tokens of the services' topic templates
+	opts    []rpc.CallOption // from tokens
 }
 
 // parseFleetCommand parses a fleet command's flags and its optional
@@ -31,6 +33,9 @@ func (a *app) parseFleetCommand(name string, args []string, withTarget bool) (fl
 	if withTarget {
 		fs.StringVar(&f.target, "t", "", "the `ID` of one server")
 	}
+	if name == "stats" {
+		fs.Var(&f.tokens, "token", "a value for a custom token of a service's topic template, `name=value` (repeatable)")
+	}
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the broker's presence records")
 	if err := fs.Parse(args); err != nil {
 		return f, "", flagError{help: errors.Is(err, flag.ErrHelp)}
@@ -40,6 +45,13 @@ func (a *app) parseFleetCommand(name string, args []string, withTarget bool) (fl
 	}
 	if f.timeout <= 0 {
 		return f, "", usagef("--timeout %v: want a positive duration", f.timeout)
+	}
+	for _, tok := range f.tokens {
+		k, v, ok := strings.Cut(tok, "=")
+		if !ok || k == "" {
+			return f, "", usagef("--token %q: want name=value", tok)
+		}
+		f.opts = append(f.opts, rpc.WithToken(k, v))
 	}
 	if err := a.checkOutput(); err != nil {
 		return f, "", err

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	greeterv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/greeter/v1"
+	hvacv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/hvac/v1"
 	streamv1 "github.com/mqttrpc/mqttrpc/internal/gen/mqttrpctest/stream/v1"
 	"github.com/mqttrpc/mqttrpc/internal/mosquittotest"
 	"github.com/mqttrpc/mqttrpc/internal/rpctest"
@@ -527,6 +528,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "no.Such/M"}, "no service no.Such"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "-d", `{"nam":1}`, "mqttrpctest.greeter.v1.Greeter/SayHello"}, "not a valid mqttrpctest.greeter.v1.SayHelloRequest in JSON"},
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "-H", "novalue", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "want key=value"},
+		{[]string{"--proto", greeterProto, "call", "-t", "x", "--token", "novalue", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "--token \"novalue\": want name=value"},
 		{[]string{"--proto", "missing.proto", "describe"}, "--proto"},
 		{[]string{"--broker", "mqtt://127.0.0.1:1", "--connect-timeout", "100ms", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "is it running? set --broker"},
 		{[]string{"--broker", "127.0.0.1:1883", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "check --broker: a URL such as mqtt://"},
@@ -599,6 +601,28 @@ func TestCLIReflection(t *testing.T) {
 		if r.code != 1 || !strings.Contains(r.stderr, "no service no.such.v1.Service") {
 			t.Errorf("unknown service by reflection: exit %d, stderr %q", r.code, r.stderr)
 		}
+		// A target that cannot be a topic level is a usage error with
+		// the fleet on too (fail fast does not take it for a server).
+		r = runCLI(t, "", append(broker, "call", "-t", "dev/7", "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		if r.code != 1 || !strings.Contains(r.stderr, "may not contain /") {
+			t.Errorf("-t dev/7 by reflection: exit %d, stderr %q; want 1 and the reason", r.code, r.stderr)
+		}
+		// A server without presence is not in the records: the call fails
+		// fast, and the message says how to reach it.
+		hidden := rpctest.UniqueID("hidden")
+		hconn := rpctest.Dial(t, b.URL, rpc.WithClientID(hidden), rpc.WithPresence(false))
+		hs := rpc.NewServer(hconn, rpc.WithServerID(hidden))
+		greeterv1.RegisterGreeterServer(hs, greeter{id: hidden})
+		if err := hs.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = hs.Shutdown(context.Background()) })
+		r = runCLI(t, "", append(broker, "call", "-t", hidden, "mqttrpctest.greeter.v1.Greeter/SayHello")...)
+		if r.code != 64+int(rpc.Unavailable) || !strings.Contains(r.stderr, "give its schema with --proto or --protoset to call it anyway") {
+			t.Errorf("server without presence by reflection: exit %d, stderr %q; want 78 and what to do", r.code, r.stderr)
+		}
+		r = runCLI(t, "", "--broker", b.URL, "--proto", greeterProto, "call", "-t", hidden, "-d", `{"name":"x"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")
+		r.want(t, 0)
 	})
 
 	// Servers that announce no schema.
@@ -614,6 +638,53 @@ func TestCLIReflection(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "no online server announces one by reflection") || !strings.Contains(r.stderr, "give --proto FILE") {
 		t.Errorf("no schema announced: exit %d, stderr %q; want 1, why, and what to do", r.code, r.stderr)
 	}
+}
+
+// hvac answers GetTemperature; its service has a topic template with a
+// custom token, {site}.
+type hvac struct {
+	hvacv1.UnimplementedHvacServer
+}
+
+func (hvac) GetTemperature(context.Context, *hvacv1.GetTemperatureRequest) (*hvacv1.GetTemperatureResponse, error) {
+	return &hvacv1.GetTemperatureResponse{Celsius: 21.5}, nil
+}
+
+// A service with a topic template of its own and a custom token: call and
+// stats take the token's value from --token, stats asks at the service's
+// topic (not the default template's), and a missing token is a usage
+// error that names the flag.
+func TestCLICustomTemplate(t *testing.T) {
+	rpctest.EachBroker(t, func(t *testing.T, b *rpctest.Broker) {
+		id := rpctest.UniqueID("plant")
+		conn := rpctest.Dial(t, b.URL, rpc.WithClientID(id))
+		s := rpc.NewServer(conn, rpc.WithServerID(id))
+		hvacv1.RegisterHvacServer(s, hvac{})
+		if err := s.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+		broker := []string{"--broker", b.URL}
+
+		r := runCLI(t, "", append(broker, "call", "-t", id, "mqttrpctest.hvac.v1.Hvac/GetTemperature")...)
+		if r.code != 1 || !strings.Contains(r.stderr, "needs a value for {site}: give --token NAME=VALUE") {
+			t.Errorf("call without --token: exit %d, stderr %q", r.code, r.stderr)
+		}
+		r = runCLI(t, "", append(broker, "call", "-t", id, "--token", "site=north", "mqttrpctest.hvac.v1.Hvac/GetTemperature")...)
+		r.want(t, 0)
+		if want := "{\n  \"celsius\": 21.5\n}\n"; r.stdout != want {
+			t.Errorf("call with --token: stdout %q, want %q", r.stdout, want)
+		}
+		r = runCLI(t, "", append(broker, "stats", "-t", id, "--token", "site=north")...)
+		r.want(t, 0)
+		if !strings.Contains(r.stdout, "GetTemperature  1 ") {
+			t.Errorf("stats at the service's template: %q", r.stdout)
+		}
+		r = runCLI(t, "", append(broker, "stats", "-t", id)...)
+		if r.code == 0 || !strings.Contains(r.stderr, "give --token NAME=VALUE") {
+			t.Errorf("stats without --token: exit %d, stderr %q", r.code, r.stderr)
+		}
+	})
 }
 
 // writeProtoset writes the greeter's FileDescriptorSet, as

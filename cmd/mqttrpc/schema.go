@@ -134,6 +134,9 @@ func (a *app) reflectSchema(ctx context.Context, want schemaWanted) (*schema, er
 		if version := announcedBy(fleet, want.target, svc); version != "" {
 			set, err = rpc.FetchSchema(ctx, conn, svc, version)
 		} else {
+			if _, known := fleet.Server(want.target); known && want.target != "" {
+				fmt.Fprintf(a.stderr, "mqttrpc: note: %s announces no schema of %s; using the one most online servers announce (give --proto FILE for %s's own)\n", want.target, svc, want.target)
+			}
 			set, err = fleet.Schema(ctx, svc)
 		}
 		if err != nil {

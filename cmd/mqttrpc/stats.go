@@ -62,13 +62,18 @@ func (a *app) stats(ctx context.Context, args []string) error {
 		services = []string{service}
 	}
 
+	// _stats answers at the service's request topics: a service with a
+	// topic template of its own is asked there (the template comes with
+	// the schema, by reflection or --proto; without one, the default).
+	s, _ := a.loadSchema(ctx, schemaWanted{target: f.target})
 	var answers []*structpb.Struct
 	var firstErr error
 	for _, svc := range services {
 		cctx, cancel := context.WithTimeout(ctx, f.timeout)
+		stub := client.Stub(statsDesc(s, svc), rpc.StatsMethod)
 		if f.target != "" {
 			st := new(structpb.Struct)
-			err := client.Call(cctx, svc, rpc.StatsMethod, &emptypb.Empty{}, st, rpc.To(f.target))
+			err := stub.Invoke(cctx, &emptypb.Empty{}, st, append(f.opts, rpc.To(f.target))...)
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
@@ -76,10 +81,14 @@ func (a *app) stats(ctx context.Context, args []string) error {
 				answers = append(answers, st)
 			}
 		} else {
-			for r := range client.Broadcast(cctx, svc, rpc.StatsMethod, &emptypb.Empty{}, func() any { return new(structpb.Struct) }) {
+			for r := range stub.Broadcast(cctx, &emptypb.Empty{}, func() any { return new(structpb.Struct) }, f.opts...) {
 				if r.Err != nil {
 					if firstErr == nil {
-						firstErr = fmt.Errorf("%s: %w", r.Target, r.Err)
+						who := r.Target
+						if who == "" {
+							who = svc // the broadcast was not published
+						}
+						firstErr = fmt.Errorf("%s: %w", who, r.Err)
 					}
 					continue
 				}
@@ -104,7 +113,7 @@ func (a *app) stats(ctx context.Context, args []string) error {
 		a.statsTable(answers)
 	}
 	if firstErr != nil {
-		fmt.Fprintf(a.stderr, "not every server answered: %v\n", firstErr)
+		fmt.Fprintf(a.stderr, "not every server answered: %v\n", cliAdvice(firstErr.Error()))
 		return &rpcFailure{err: asError(firstErr), quiet: true}
 	}
 	return nil
@@ -172,4 +181,24 @@ func compactJSON(w *strings.Builder, data []byte) error {
 	}
 	w.Write(out)
 	return nil
+}
+
+// statsDesc describes the _stats method of service svc at the topic
+// template of the service's first method in the schema s (nil, or a
+// schema without the service: the default template).
+func statsDesc(s *schema, svc string) *rpc.ServiceDesc {
+	template := ""
+	if s != nil {
+		if sd, err := s.service(svc); err == nil {
+			if desc, err := serviceDesc(sd); err == nil {
+				switch {
+				case len(desc.Methods) > 0:
+					template = desc.Methods[0].TopicTemplate
+				case len(desc.Streams) > 0:
+					template = desc.Streams[0].TopicTemplate
+				}
+			}
+		}
+	}
+	return &rpc.ServiceDesc{ServiceName: svc, Methods: []rpc.MethodDesc{{MethodName: rpc.StatsMethod, TopicTemplate: template, QoS: rpc.QoS1}}}
 }

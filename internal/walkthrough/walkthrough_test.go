@@ -69,7 +69,7 @@ type block struct {
 
 // TestWalkthrough follows the README's walkthrough in a fresh module: it
 // runs the commands and writes the files as they stand there (protoc, the
-// plugins installed from this checkout, a replace line, go get, go build),
+// plugins installed from this checkout, a replace line, go mod tidy, go build),
 // then runs the transcript, a device and callers, against the embedded
 // broker started as the README says and against Mosquitto. It skips when
 // protoc is not installed, unless MQTTRPC_REQUIRE_PROTOC=1, and in -short
