@@ -212,6 +212,10 @@ func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
 			}
 		}
 		si.Online, si.Health = false, HealthNotServing
+		si.Since = time.Now() // the record went away: when the reader learned it
+		if next != nil && !next.online {
+			si.Since = next.since // the offline record's (a Will's: when it arrived)
+		}
 		// Its services too, as serverInfo says of an offline record (the
 		// slice is the view's: copied, not written).
 		si.Services = slices.Clone(si.Services)
@@ -225,7 +229,7 @@ func (f *Fleet) replaceLocked(clientID string, old, next *fleetRecord) {
 		switch {
 		case !was:
 			f.emitLocked(FleetEvent{Kind: ServerOnline, Server: si})
-		case !reflect.DeepEqual(prev, si):
+		case !sameServer(prev, si):
 			f.emitLocked(FleetEvent{Kind: ServerChanged, Server: si})
 		}
 	}
@@ -265,9 +269,7 @@ func (f *Fleet) onlineServersLocked(clientID string, r *fleetRecord) map[string]
 		if s.ID == "" {
 			key = "anon:" + strconv.Itoa(i) + ":" + s.ShareGroup
 		}
-		si := serverInfo(clientID, r, s)
-		si.Since = time.Time{} // not a change of the server
-		out[key] = si
+		out[key] = serverInfo(clientID, r, s)
 	}
 	return out
 }
@@ -327,4 +329,12 @@ func serverInfo(clientID string, r *fleetRecord, s *presenceServer) ServerInfo {
 		si.Services = append(si.Services, ServiceInfo{Name: svc.Name, Methods: svc.Methods, Health: h, Schema: svc.Schema})
 	}
 	return si
+}
+
+// sameServer reports whether a and b describe the server alike, but for
+// when their connection's state began (a reconnection is no change of the
+// server).
+func sameServer(a, b ServerInfo) bool {
+	a.Since, b.Since = time.Time{}, time.Time{}
+	return reflect.DeepEqual(a, b)
 }

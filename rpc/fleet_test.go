@@ -126,7 +126,13 @@ func TestFleetFailFast(t *testing.T) {
 		if err := off.Shutdown(testCtx(t)); err != nil {
 			t.Fatal(err)
 		}
-		watchUntil(t, fleet, isEvent(rpc.ServerOffline, offName))
+		before := time.Now()
+		ev := watchUntil(t, fleet, isEvent(rpc.ServerOffline, offName))
+		// The event says when the server went offline (its Shutdown's
+		// record), as a listing would.
+		if ev.Server.Since.IsZero() || ev.Server.Since.After(time.Now()) || ev.Server.Since.Before(before.Add(-time.Minute)) {
+			t.Errorf("offline event's Since = %v, want the time of the Shutdown (about %v)", ev.Server.Since, before)
+		}
 		calls := svc.calls.Load()
 		start = time.Now()
 		err = func() error { _, err := echo(shortCtx(t, 5*time.Second), client, "x", rpc.To(offName)); return err }()
