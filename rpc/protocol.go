@@ -317,11 +317,12 @@ type outgoingResponse struct {
 
 // cachedResponse is an answer kept to be sent again to a duplicate.
 type cachedResponse struct {
-	qos   byte
-	topic string
+	qos byte
 	// anonymous: an answer to a broadcast from a server without an ID,
-	// which cannot go in chunks (docs/protocol.md, "Chunking").
+	// which cannot go in chunks (docs/protocol.md, "Chunking"). Next to
+	// qos, in its padding.
 	anonymous  bool
+	topic      string
 	properties responseProperties
 	payload    []byte
 }
