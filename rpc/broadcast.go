@@ -7,8 +7,6 @@ import (
 	"iter"
 	"maps"
 	"slices"
-
-	"github.com/eclipse/paho.golang/paho"
 )
 
 // BroadcastReply is one server's answer to a broadcast.
@@ -134,7 +132,7 @@ func (s *Stub) broadcast(ctx context.Context, req any, newResp func() any, opts 
 			}
 		}
 	}
-	replies := make(chan *paho.Publish, broadcastBuffer)
+	replies := make(chan response, broadcastBuffer)
 	// Every publication's ID routes to replies: an interceptor may call
 	// next more than once.
 	var ids [][16]byte
@@ -148,7 +146,7 @@ func (s *Stub) broadcast(ctx context.Context, req any, newResp func() any, opts 
 		}
 		ids = append(ids, out.corr)
 		out.publish.Properties.CorrelationData = out.corr[:]
-		return nil, c.publishWithRetry(ctx, &out.publish, timeoutProp)
+		return nil, c.publishWithRetry(ctx, &out.publish, timeoutProp, TargetAll)
 	}
 	var err error
 	if len(c.interceptors) == 0 {
@@ -159,6 +157,7 @@ func (s *Stub) broadcast(ctx context.Context, req any, newResp func() any, opts 
 	defer func() {
 		for _, id := range ids {
 			c.conn.responses.forget(id)
+			c.forgetChunks(id)
 		}
 	}()
 	if err != nil {
@@ -169,10 +168,11 @@ func (s *Stub) broadcast(ctx context.Context, req any, newResp func() any, opts 
 	okReplies, allReplies := 0, 0
 	for expect == nil || len(expect) > 0 {
 		select {
-		case p, ok := <-replies:
+		case r, ok := <-replies:
 			if !ok {
 				return // client closed
 			}
+			p := r.publish
 			replyCall := &Call{service: call.service, method: call.method, isClient: true, target: TargetAll, topic: call.topic}
 			// A server that answers twice (a redelivered request) is
 			// yielded once. Servers without an ID (gateways) send no
@@ -188,8 +188,10 @@ func (s *Stub) broadcast(ctx context.Context, req any, newResp func() any, opts 
 			}
 			reply := BroadcastReply{Target: target}
 			resp := newResp()
-			if err := c.decodeResponse(replyCall, cfg.codec, p, resp); err != nil {
-				reply.Err = err
+			if r.err != nil {
+				reply.Err = r.err // its chunks were refused
+			} else if err := c.decodeResponse(replyCall, cfg.codec, p, resp); err != nil {
+				reply.Err = explainChunkRefusal(err)
 			} else {
 				reply.Response = resp
 				okReplies++

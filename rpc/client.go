@@ -42,19 +42,22 @@ type Client struct {
 
 	// responseChans recycles the reply channels of unary calls.
 	responseChans sync.Pool
-	closed        atomic.Bool
+	// chunks holds the answers and stream messages arriving in chunks.
+	chunks *reassembly
+	closed atomic.Bool
 }
 
 type clientConfig struct {
-	interceptors   []Interceptor
-	defaultTimeout time.Duration
-	retry          RetryPolicy
-	maxPayload     int
-	streamWindow   int
-	keepalive      time.Duration
-	logger         *slog.Logger
-	noFailFast     bool
-	errs           []error // options given bad values
+	interceptors    []Interceptor
+	defaultTimeout  time.Duration
+	retry           RetryPolicy
+	maxPayload      int
+	reassemblyLimit int // 0: the default
+	streamWindow    int
+	keepalive       time.Duration
+	logger          *slog.Logger
+	noFailFast      bool
+	errs            []error // options given bad values
 }
 
 // NewClient returns a Client that calls over conn. Its response subscription
@@ -85,7 +88,8 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 		// Built once: the interceptors' closures are not made per call.
 		c.chain = chainInterceptors(c.sendUnary, c.interceptors)
 	}
-	c.responseChans.New = func() any { return make(chan *paho.Publish, 1) }
+	c.responseChans.New = func() any { return make(chan response, 1) }
+	c.chunks = newReassembly(cfg.maxPayload, cfg.reassemblyLimit, "client")
 	conn.responses.attach(conn)
 	return c
 }
@@ -100,7 +104,9 @@ func (c *Client) Close(ctx context.Context) error {
 	if c.closed.Swap(true) {
 		return nil
 	}
-	return c.conn.responses.detach(ctx, c)
+	err := c.conn.responses.detach(ctx, c)
+	c.chunks.close()
+	return err
 }
 
 // Stub returns the client side of one method of a service, for generated
@@ -299,13 +305,14 @@ func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
 		return err
 	}
 	p := &out.publish
-	ch := c.responseChans.Get().(chan *paho.Publish)
+	ch := c.responseChans.Get().(chan response)
 	if out.corr, err = c.conn.responses.register(&responseWaiter{client: c, ch: ch}); err != nil {
 		return err
 	}
 	defer c.conn.responses.forget(out.corr)
+	defer c.forgetChunks(out.corr)
 	p.Properties.CorrelationData = out.corr[:]
-	if err := c.publishWithRetry(ctx, p, timeoutProp); err != nil {
+	if err := c.publishWithRetry(ctx, p, timeoutProp, call.target); err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
 			// Cancelled while the broker had the request but had not
 			// acknowledged it: it may be delivered.
@@ -314,14 +321,17 @@ func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
 		return err
 	}
 	select {
-	case p, ok := <-ch:
+	case resp, ok := <-ch:
 		if !ok {
 			return Errorf(Canceled, "client closed")
 		}
 		// Its one reply is taken and its pending entry gone: nobody else
 		// holds the channel.
 		c.responseChans.Put(ch)
-		return c.decodeResponse(call, cc.cfg.codec, p, cc.resp)
+		if resp.err != nil {
+			return resp.err
+		}
+		return explainChunkRefusal(c.decodeResponse(call, cc.cfg.codec, resp.publish, cc.resp))
 	case <-ctx.Done():
 		if ctx.Err() == context.DeadlineExceeded {
 			return wrapCause(DeadlineExceeded, ctx.Err(), fmt.Sprintf("no response from %s on %q within the deadline", call.target, p.Topic))
@@ -331,11 +341,19 @@ func (c *Client) send(ctx context.Context, cc *clientCall, req any) error {
 	}
 }
 
-// publishWithRetry publishes the request, again after Unavailable failures
-// as the retry policy allows.
-func (c *Client) publishWithRetry(ctx context.Context, p *paho.Publish, timeoutProp int) error {
+// forgetChunks drops what arrived of an answer to the call corr once the
+// call is over.
+func (c *Client) forgetChunks(corr [16]byte) {
+	if c.chunks.active.Load() > 0 {
+		c.chunks.forget(string(corr[:]))
+	}
+}
+
+// publishWithRetry publishes the request to target, again after
+// Unavailable failures as the retry policy allows.
+func (c *Client) publishWithRetry(ctx context.Context, p *paho.Publish, timeoutProp int, target string) error {
 	for attempt := 1; ; attempt++ {
-		err := c.publishRequest(ctx, p, timeoutProp)
+		err := c.publishRequest(ctx, p, timeoutProp, target)
 		if err == nil {
 			return nil
 		}
@@ -361,8 +379,9 @@ func (c *Client) publishWithRetry(ctx context.Context, p *paho.Publish, timeoutP
 }
 
 // publishRequest waits for the connection and publishes one attempt, with
-// expiry and mqttrpc-timeout set from what is left of the deadline.
-func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutProp int) error {
+// expiry and mqttrpc-timeout set from what is left of the deadline, in
+// chunks when it does not fit the broker's Maximum Packet Size.
+func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutProp int, target string) error {
 	if err := c.conn.waitReady(ctx); err != nil {
 		return err
 	}
@@ -376,7 +395,24 @@ func (c *Client) publishRequest(ctx context.Context, p *paho.Publish, timeoutPro
 	}
 	*p.Properties.MessageExpiry = expirySeconds(left) // prepare points it into the request's allocation
 	p.Properties.User[timeoutProp].Value = strconv.FormatInt(max(left.Milliseconds(), 1), 10)
+	if limit := c.conn.packetLimit(); !fits(p, limit) {
+		return c.publishRequestChunks(ctx, p, limit, target)
+	}
 	return c.conn.publish(ctx, p)
+}
+
+// publishRequestChunks publishes a request that does not fit limit in
+// chunks (docs/protocol.md, "Chunking"). A request to _any cannot go so:
+// the share group would deal its chunks out to different members.
+func (c *Client) publishRequestChunks(ctx context.Context, p *paho.Publish, limit int, target string) error {
+	if target == TargetAny {
+		return Errorf(ResourceExhausted, "a request of %d bytes does not fit the broker's Maximum Packet Size of %d bytes, and a request to _any cannot go in chunks (the share group would deal them out to different members): address one server with rpc.To", len(p.Payload), limit)
+	}
+	chunks, err := splitIntoChunks(p, limit)
+	if err != nil {
+		return err
+	}
+	return publishChunks(ctx, c.conn.publish, chunks)
 }
 
 var builtinCodecs = codec.NewRegistry()

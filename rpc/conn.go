@@ -81,6 +81,10 @@ type Conn struct {
 	refused *Error
 	// What the current connection's CONNACK says the broker supports.
 	sharedSubs, wildcardSubs, subIDs bool
+	// maxPacket is the broker's Maximum Packet Size from the current
+	// connection's CONNACK, read without the lock by every publish; 0:
+	// no limit.
+	maxPacket atomic.Uint32
 	// Connection health: when the current connection came up, how many
 	// connections in a row ended as (likely) takeovers, and the
 	// rate limit of connect-error warnings.
@@ -146,6 +150,11 @@ func (c *Conn) wakeLocked() {
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
+
+// packetLimit is the largest packet the broker takes on the current
+// connection (its CONNACK's Maximum Packet Size), 0 for no limit. What is
+// larger is sent in chunks (docs/protocol.md, "Chunking").
+func (c *Conn) packetLimit() int { return int(c.maxPacket.Load()) }
 
 // ClientID returns the MQTT client identifier of the connection.
 func (c *Conn) ClientID() string { return c.clientID }
@@ -285,9 +294,14 @@ func (c *Conn) connectionUp(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 	c.upSince = time.Now()
 	c.failsUnwarned = 0
 	c.sharedSubs, c.wildcardSubs, c.subIDs = true, true, true
+	var maxPacket uint32
 	if ack.Properties != nil {
 		c.sharedSubs, c.wildcardSubs, c.subIDs = ack.Properties.SharedSubAvailable, ack.Properties.WildcardSubAvailable, ack.Properties.SubIDAvailable
+		if ack.Properties.MaximumPacketSize != nil {
+			maxPacket = *ack.Properties.MaximumPacketSize
+		}
 	}
+	c.maxPacket.Store(maxPacket)
 	if c.genCancel != nil {
 		c.genCancel()
 		c.cancelOps()

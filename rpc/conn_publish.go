@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -17,6 +18,8 @@ import (
 // PUBACK 0x10 (no matching subscribers) is Unavailable unless p is retained
 // (the broker keeps it), 0x87 PermissionDenied,
 // 0x97 and 0x95 ResourceExhausted, a connection that is down Unavailable.
+// A packet larger than the broker's Maximum Packet Size is not sent
+// (ResourceExhausted): the broker would close the connection.
 //
 // The publish waits under ctx itself: when the connection goes down, the
 // session guard (session.go) ends it if paho forgets it, and paho resends
@@ -34,6 +37,12 @@ import (
 // the broker does; the goroutine ends once paho's write is through or has
 // failed, and Close waits for it.
 func (c *Conn) publish(ctx context.Context, p *paho.Publish) error {
+	if limit := c.packetLimit(); !fits(p, limit) {
+		// The broker would close the connection: what is meant to go in
+		// chunks was split before (a reconnection may have lowered the
+		// limit since).
+		return Errorf(ResourceExhausted, "a PUBLISH of %d bytes on %q exceeds the broker's Maximum Packet Size of %d bytes", publishSize(p), p.Topic, limit)
+	}
 	c.mu.Lock()
 	closed, up, gen := c.closed, c.genCtx != nil, c.gen
 	if !closed && up {
@@ -153,3 +162,46 @@ var (
 	errNotConnected = &Error{code: Unavailable, err: fmt.Errorf("not connected to the broker (%w)", errTransport)}
 	errConnLost     = &Error{code: Unavailable, err: fmt.Errorf("connection to the broker lost before the broker acknowledged (%w)", errTransport)}
 )
+
+// maxChunksInFlight bounds the chunks of one message published at once:
+// they need not wait for each other's acknowledgements (the receiver
+// places each by its index), and do not all hold goroutines.
+const maxChunksInFlight = 16
+
+// publishChunks publishes the chunks of one message, up to
+// maxChunksInFlight at a time, and returns the first failure; the others
+// are then given up. It returns once no publish of it runs.
+func publishChunks(ctx context.Context, publish func(context.Context, *paho.Publish) error, chunks []*paho.Publish) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	slots := make(chan struct{}, maxChunksInFlight)
+loop:
+	for _, chunk := range chunks {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			break loop
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			if err := publish(ctx, chunk); err != nil {
+				once.Do(func() {
+					first = err
+					cancel()
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = contextError(ctx.Err(), "publishing the chunks of a message")
+	}
+	return first
+}

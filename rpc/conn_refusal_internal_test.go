@@ -101,7 +101,17 @@ func startRefusingBroker(t *testing.T) *refusingBroker {
 	if err := server.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = server.Close() })
+	t.Cleanup(func() {
+		// Stock mochi's Close deadlocks with a client that is being
+		// removed at that moment (Clients.GetByListener read-locks the
+		// map twice, and Delete's write lock waits in between; see
+		// testbroker/listener.go): the test's connections are closed by
+		// now, so wait until mochi has let them go.
+		for deadline := time.Now().Add(hangGuard); server.Clients.Len() > 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		_ = server.Close()
+	})
 	return &refusingBroker{url: "mqtt://" + ln.Addr().String(), hook: hook}
 }
 

@@ -39,6 +39,11 @@ func (s *Server) handlePublish(p *paho.Publish, ack func()) bool {
 	if req.svc == nil {
 		return false
 	}
+	if isChunk(p) {
+		s.chunk(req, arrival)
+		ack()
+		return true
+	}
 	switch classifyRequest(p) {
 	case kindCancel:
 		s.cancel(p)
@@ -67,10 +72,9 @@ func (s *Server) cancel(p *paho.Publish) {
 	}
 }
 
-// admit decides what happens to a claimed request. It returns true when the
-// request was handed to a handler goroutine, which acknowledges it when done.
-func (s *Server) admit(req *request, arrival time.Time) bool {
-	p := req.publish
+// answerable reports whether a request can be answered at all; it drops
+// and counts one that cannot.
+func (s *Server) answerable(p *paho.Publish) bool {
 	props := p.Properties
 	if props == nil || props.ResponseTopic == "" {
 		s.drop(DropNoResponseTopic, p.Topic, "request has no ResponseTopic")
@@ -87,6 +91,17 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 	}
 	if len(props.CorrelationData) > maxCorrelationData {
 		s.drop(DropBadCorrelationData, p.Topic, "correlation data longer than "+strconv.Itoa(maxCorrelationData)+" bytes")
+		return false
+	}
+	return true
+}
+
+// admit decides what happens to a claimed request. It returns true when the
+// request was handed to a handler goroutine, which acknowledges it when done.
+func (s *Server) admit(req *request, arrival time.Time) bool {
+	p := req.publish
+	props := p.Properties
+	if !s.answerable(p) {
 		return false
 	}
 	var ok bool
@@ -154,6 +169,52 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// chunk takes a chunk of a request, or of a stream's client message
+// (docs/protocol.md, "Reassembly"). A request goes on to admission once it
+// is complete, as if it had arrived whole when its chunk 0 did; one whose
+// chunks are refused is answered at once.
+func (s *Server) chunk(req *request, arrival time.Time) {
+	p := req.publish
+	h := readChunk(p)
+	if h.seq >= 0 {
+		s.streamChunk(p, h)
+		return
+	}
+	if !s.answerable(p) {
+		return
+	}
+	var ok bool
+	req.deadline, req.callerDeadline, ok = s.deadline(arrival, p.Properties)
+	if !ok {
+		s.drop(DropExpired, p.Topic, "a chunk of a request expired before it arrived")
+		return
+	}
+	if len(p.Properties.CorrelationData) == 0 {
+		req.publish = unchunked(p)
+		s.reject(req, DropBadChunk, Errorf(InvalidArgument, "a chunk needs CorrelationData: it names the message the chunk belongs to"))
+		return
+	}
+	key := chunkKey{call: dedupKey(p.Properties.ResponseTopic, p.Properties.CorrelationData), seq: -1}
+	res := s.chunks.add(key, p, h, arrival, req.callerDeadline, true)
+	switch res.outcome {
+	case chunkComplete:
+		s.admit(&request{svc: req.svc, values: req.values, publish: res.message, ack: noAck}, res.arrival)
+	case chunkRefused:
+		req.publish = unchunked(p)
+		s.reject(req, res.reason, res.err)
+	}
+}
+
+// unchunked is a chunk with the ContentType of its message, to answer it
+// in the message's codec.
+func unchunked(p *paho.Publish) *paho.Publish {
+	c := *p
+	props := *p.Properties
+	props.ContentType, _ = messageContentType(props.ContentType)
+	c.Properties = &props
+	return &c
 }
 
 // methodLimit is how many handlers of one method may run at once, so that
@@ -442,7 +503,7 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 	backoff := 20 * time.Millisecond
 	for {
 		out.publish = paho.Publish{QoS: cr.qos, Topic: cr.topic, Properties: props, Payload: cr.payload}
-		err := s.publish(ctx, &out.publish)
+		err := s.publishAnswer(ctx, &out.publish, cr)
 		if err == nil || !errors.Is(err, errTransport) {
 			return err
 		}
@@ -466,4 +527,44 @@ func (s *Server) publishResponse(ctx context.Context, cr *cachedResponse, deadli
 		}
 		*expiry = expirySeconds(left)
 	}
+}
+
+// publishAnswer publishes an answer, in chunks when it does not fit the
+// broker's Maximum Packet Size (docs/protocol.md, "Chunking"). An answer
+// that cannot go in chunks (its properties alone do not fit, or it
+// answers a broadcast from a server without an ID) is replaced by
+// ResourceExhausted.
+func (s *Server) publishAnswer(ctx context.Context, p *paho.Publish, cr *cachedResponse) error {
+	limit := s.conn.packetLimit()
+	if fits(p, limit) {
+		return s.publish(ctx, p)
+	}
+	var why *Error
+	switch {
+	case cr.anonymous:
+		why = Errorf(ResourceExhausted, "the answer of %d bytes does not fit the broker's Maximum Packet Size of %d bytes, and a server without an ID cannot answer a broadcast in chunks (they could not be told from other servers' answers)", len(p.Payload), limit)
+	case len(p.Payload) == 0:
+		why = Errorf(ResourceExhausted, "the answer's status message and metadata do not fit the broker's Maximum Packet Size of %d bytes", limit)
+	default:
+		chunks, err := splitIntoChunks(p, limit)
+		if err == nil {
+			return publishChunks(ctx, s.publish, chunks)
+		}
+		why = Errorf(ResourceExhausted, "the answer does not fit the broker's Maximum Packet Size of %d bytes: %s", limit, err.Message())
+	}
+	user := paho.UserProperties{
+		{Key: propStatus, Value: strconv.FormatUint(uint64(why.Code()), 10)},
+		{Key: propMessage, Value: encodeStatusMessage(why.Message())},
+	}
+	if target := responseTarget(p); target != "" {
+		user = append(user, paho.UserProperty{Key: propTarget, Value: target})
+	}
+	small := &paho.Publish{QoS: p.QoS, Topic: p.Topic, Properties: &paho.PublishProperties{
+		CorrelationData: p.Properties.CorrelationData,
+		ContentType:     p.Properties.ContentType,
+		MessageExpiry:   p.Properties.MessageExpiry,
+		User:            user,
+	}}
+	s.cfg.logger.Warn("mqttrpc: an answer too large for the broker was replaced by ResourceExhausted", "response_topic", p.Topic, "error", why.Message())
+	return s.publish(ctx, small)
 }

@@ -135,6 +135,42 @@ func (q *recvQueue) push(seq int64, p *paho.Publish, end bool) {
 	q.signal()
 }
 
+// admits reports whether a chunk of data message seq is worth keeping
+// (docs/protocol.md, "Chunking"): not when the message was delivered or
+// is waiting already (a copy), nor when the queue has ended. A message
+// beyond the credit granted, or past the end, ends the stream with
+// Internal, as push does.
+func (q *recvQueue) admits(seq int64) bool {
+	q.mu.Lock()
+	ok := false
+	switch {
+	case q.err != nil, seq < 0, seq < q.next, q.early[seq] != nil:
+	case q.endSeq >= 0 && seq >= q.endSeq:
+		q.err = Errorf(Internal, "stream message %d contradicts the end of the stream at %d", seq, q.endSeq)
+	case seq >= q.granted:
+		q.err = Errorf(Internal, "the peer sent stream message %d beyond the credit of %d it was granted", seq, q.granted)
+	default:
+		ok = true
+	}
+	failed := q.err != nil
+	q.mu.Unlock()
+	if failed {
+		q.signal()
+	}
+	return ok
+}
+
+// progress records a chunk of message seq: when it is the message
+// awaited since the peer said it sent it, the wait for it starts again, so
+// that a large message is lost only when its chunks stop coming.
+func (q *recvQueue) progress(seq int64) {
+	q.mu.Lock()
+	if seq == q.next && q.awaited == q.next && !q.awaitedSince.IsZero() {
+		q.awaitedSince = time.Now()
+	}
+	q.mu.Unlock()
+}
+
 // noteSent takes the peer's count of the data messages it has sent.
 func (q *recvQueue) noteSent(n int64) {
 	q.mu.Lock()

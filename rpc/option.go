@@ -334,12 +334,40 @@ func (o maxPayloadOption) applyToServer(c *serverConfig) {
 	c.errs = appendAtLeast(c.errs, "WithMaxPayload", o.n, 1)
 }
 
-// WithMaxPayload bounds the payload of requests and responses, in bytes. A
-// client refuses to send a larger request and to accept a larger response; a
-// server answers a larger request, or a handler's larger response, with
-// ResourceExhausted. Default: 4 MiB. It must be at least 1.
+// WithMaxPayload bounds the payload of requests and responses (and of
+// stream messages), in bytes. A client refuses to send a larger request
+// and to accept a larger response; a server answers a larger request, or
+// a handler's larger response, with ResourceExhausted. The bound is on the
+// message, whether it travels in one PUBLISH or, past the broker's Maximum
+// Packet Size, in chunks (docs/protocol.md, "Chunking"): a chunked message
+// announces its size, and one over the bound is refused at its first
+// chunk. Default: 4 MiB. It must be at least 1.
 func WithMaxPayload(n int) ClientServerOption {
 	return maxPayloadOption{n}
+}
+
+type reassemblyLimitOption struct{ n int }
+
+func (o reassemblyLimitOption) applyToClient(c *clientConfig) {
+	c.reassemblyLimit = o.n
+	c.errs = appendAtLeast(c.errs, "WithReassemblyLimit", o.n, 1)
+}
+
+func (o reassemblyLimitOption) applyToServer(c *serverConfig) {
+	c.reassemblyLimit = o.n
+	c.errs = appendAtLeast(c.errs, "WithReassemblyLimit", o.n, 1)
+}
+
+// WithReassemblyLimit bounds the memory, in bytes, that a Client or Server
+// holds for messages arriving in chunks (docs/protocol.md, "Chunking")
+// that are not complete yet, all of them together: each counts with its
+// announced size from its first chunk until it is complete, refused or
+// expired. A message that would take the total past the bound is refused
+// with ResourceExhausted (a server answers its request so; a client's
+// call or stream fails so). Default: DefaultReassemblyLimit (64 MiB), or
+// WithMaxPayload when that is larger. It must be at least 1.
+func WithReassemblyLimit(n int) ClientServerOption {
+	return reassemblyLimitOption{n}
 }
 
 // --- server options ---

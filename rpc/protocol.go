@@ -264,8 +264,9 @@ func (s *Server) buildResponse(req *request, call *Call, cd codec.Codec, resp an
 	}
 	user = append(user, meta...)
 	return &cachedResponse{
-		qos:   p.QoS,
-		topic: p.Properties.ResponseTopic,
+		qos:       p.QoS,
+		topic:     p.Properties.ResponseTopic,
+		anonymous: target == TargetAll && s.cfg.serverID == "",
 		properties: responseProperties{
 			correlationData: p.Properties.CorrelationData,
 			contentType:     responseContentType(cd),
@@ -316,7 +317,11 @@ type outgoingResponse struct {
 
 // cachedResponse is an answer kept to be sent again to a duplicate.
 type cachedResponse struct {
-	qos        byte
+	qos byte
+	// anonymous: an answer to a broadcast from a server without an ID,
+	// which cannot go in chunks (docs/protocol.md, "Chunking"). Next to
+	// qos, in its padding.
+	anonymous  bool
 	topic      string
 	properties responseProperties
 	payload    []byte

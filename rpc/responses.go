@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
@@ -35,8 +36,15 @@ type responseRouter struct {
 // responseWaiter is a call (or broadcast) waiting for its answers.
 type responseWaiter struct {
 	client    *Client
-	ch        chan *paho.Publish
+	ch        chan response
 	broadcast bool // many replies, sent without blocking
+}
+
+// response is what a waiting call receives: an answer, or the error that
+// ended it before the answer could be read (its chunks were refused).
+type response struct {
+	publish *paho.Publish
+	err     *Error // nil: decode publish
 }
 
 // attach counts a new Client and, for the first, starts listening.
@@ -89,7 +97,7 @@ func (r *responseRouter) detach(ctx context.Context, client *Client) error {
 	for _, st := range streams {
 		st.breakWith(Errorf(Canceled, "client closed"))
 	}
-	closed := map[chan *paho.Publish]bool{} // a broadcast's IDs share one channel
+	closed := map[chan response]bool{} // a broadcast's IDs share one channel
 	for _, w := range ended {
 		if !closed[w.ch] {
 			closed[w.ch] = true
@@ -247,6 +255,18 @@ func (r *responseRouter) handle(p *paho.Publish, ack func()) bool {
 		return true
 	}
 	copy(id[:], p.Properties.CorrelationData)
+	if isChunk(p) {
+		r.chunk(p, id)
+		return true
+	}
+	r.route(id, response{publish: p})
+	return true
+}
+
+// route hands an answer (or a message of a stream) to the call, broadcast
+// or stream of id.
+func (r *responseRouter) route(id [16]byte, resp response) {
+	p := resp.publish
 	// Sends happen under the lock, so that detach cannot close a channel in
 	// between; they never block (one buffered slot per unary call, a
 	// select for broadcasts).
@@ -258,19 +278,19 @@ func (r *responseRouter) handle(p *paho.Publish, ack func()) bool {
 			// Outside the lock: the stream takes it without blocking.
 			r.mu.Unlock()
 			st.deliver(p)
-			return true
+			return
 		}
 	}
 	if ok {
 		if w.broadcast {
 			select {
-			case w.ch <- p:
+			case w.ch <- resp:
 			default:
 				delivered = false
 			}
 		} else {
 			delete(r.waiters, id)
-			w.ch <- p
+			w.ch <- resp
 		}
 	}
 	r.mu.Unlock()
@@ -281,5 +301,47 @@ func (r *responseRouter) handle(p *paho.Publish, ack func()) bool {
 	case !delivered:
 		w.client.logger.Warn("mqttrpc: dropped a broadcast reply: the reader is too slow", "topic", p.Topic)
 	}
-	return true
+}
+
+// chunk files a chunk of an answer with its call's Client, and routes the
+// answer once it is complete, or the call's failure when it is refused
+// (docs/protocol.md, "Reassembly"). A stream takes its chunks itself.
+func (r *responseRouter) chunk(p *paho.Publish, id [16]byte) {
+	r.mu.Lock()
+	w, st := r.waiters[id], r.streams[id]
+	r.mu.Unlock()
+	switch {
+	case st != nil:
+		st.deliver(p)
+		return
+	case w == nil:
+		r.conn.logger.Debug("mqttrpc: dropped a chunk of a response to no pending call", "topic", p.Topic)
+		return
+	}
+	c := w.client
+	h := readChunk(p)
+	now := time.Now()
+	// A broadcast's answers keep their keys: a copy of a chunk of an
+	// answer it has must not open the answer again.
+	res := c.chunks.add(chunkKey{call: string(id[:]), target: h.target, seq: -1}, p, h, now, chunkExpiry(now, p, c.timeout), w.broadcast)
+	switch res.outcome {
+	case chunkComplete:
+		r.route(id, response{publish: res.message})
+	case chunkRefused:
+		err := res.err
+		if err.Code() == InvalidArgument {
+			err = Errorf(Internal, "the answer came in %s", err.Message())
+		}
+		r.route(id, response{publish: p, err: err}) // p names the answer's server (mqttrpc-target)
+	}
+}
+
+// chunkExpiry is when a chunked message whose first chunk p arrived at
+// now is dropped if incomplete: at p's MessageExpiryInterval, else after
+// fallback.
+func chunkExpiry(now time.Time, p *paho.Publish, fallback time.Duration) time.Time {
+	if e := p.Properties.MessageExpiry; e != nil && *e > 0 {
+		return now.Add(time.Duration(*e) * time.Second)
+	}
+	return now.Add(fallback)
 }

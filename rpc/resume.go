@@ -46,7 +46,9 @@ func (r *replay) add(seq int64, p *paho.Publish) {
 	r.msgs = append(r.msgs, p)
 	r.bytes += len(p.Payload)
 	for len(r.msgs) > 1 && (len(r.msgs) > replayLimit || r.bytes > replayBytes) {
-		r.bytes -= len(r.msgs[0].Payload)
+		if r.msgs[0] != nil {
+			r.bytes -= len(r.msgs[0].Payload)
+		}
 		r.msgs[0] = nil
 		r.msgs = r.msgs[1:]
 		r.base++
@@ -54,12 +56,28 @@ func (r *replay) add(seq int64, p *paho.Publish) {
 	}
 }
 
+// skip records that message seq, sent now, is not kept (it went in
+// chunks): a resend that needs it reports it missing.
+func (r *replay) skip(seq int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.msgs) == 0 {
+		r.base = seq
+	}
+	if seq != r.base+int64(len(r.msgs)) {
+		return
+	}
+	r.msgs = append(r.msgs, nil)
+}
+
 // ack forgets the messages numbered below n: the peer has them.
 func (r *replay) ack(n int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for len(r.msgs) > 0 && r.base < n {
-		r.bytes -= len(r.msgs[0].Payload)
+		if r.msgs[0] != nil {
+			r.bytes -= len(r.msgs[0].Payload)
+		}
 		r.msgs[0] = nil
 		r.msgs = r.msgs[1:]
 		r.base++
@@ -78,6 +96,10 @@ func (r *replay) from(n int64, expiry uint32) (msgs []*paho.Publish, missing boo
 	missing = n < r.forgot
 	for i, p := range r.msgs {
 		if r.base+int64(i) < n {
+			continue
+		}
+		if p == nil {
+			missing = true // went in chunks: not kept
 			continue
 		}
 		q := *p

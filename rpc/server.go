@@ -27,6 +27,7 @@ type Server struct {
 	stopAll context.CancelFunc
 	early   earlyAnswers // rejections and other answers that need no handler
 	dedup   *dedupCache
+	chunks  *reassembly // requests and stream messages arriving in chunks
 	// publish sends a PUBLISH; conn.publish except in tests that run the
 	// request path without a broker.
 	publish func(context.Context, *paho.Publish) error
@@ -68,6 +69,7 @@ type serverConfig struct {
 	dedupBytes          int
 	dropHook            func(DropReason, string)
 	maxPayload          int
+	reassemblyLimit     int // 0: the default
 	streamWindow        int
 	onCreditWait        func(seq int64)   // tests: a stream's Send is about to wait for credit
 	presence            *bool             // WithPresence; default on
@@ -148,6 +150,12 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		streams: map[string]*serverStream{},
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
+	s.chunks = newReassembly(cfg.maxPayload, cfg.reassemblyLimit, "server")
+	s.chunks.onExpire = func(key chunkKey, topic string) {
+		if key.seq < 0 {
+			s.drop(DropIncomplete, topic, "a chunked request was still incomplete at its deadline")
+		}
+	}
 	s.fleet.init(&cfg)
 	return s
 }
@@ -403,5 +411,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAll()
 	remove()
 	s.early.close()
+	s.chunks.close()
 	return err
 }

@@ -78,11 +78,18 @@ const (
 	// keepalive, for three keepalive intervals; the handler's context
 	// ended with Unavailable.
 	DropSilentPeer
+	// DropBadChunk: the chunks of a request contradicted each other or
+	// named no message (docs/protocol.md, "Chunking"); answered
+	// InvalidArgument.
+	DropBadChunk
+	// DropIncomplete: a chunked request was still missing chunks at its
+	// deadline, and was dropped unanswered.
+	DropIncomplete
 	numDropReasons
 	statServed = numDropReasons
 )
 
-var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered", "canceled", "silent_peer"}
+var dropReasonNames = [...]string{"expired", "no_response_topic", "response_topic_policy", "bad_correlation_data", "overload", "bad_payload", "response_failed", "shutting_down", "duplicate", "too_large", "bad_response_topic", "unanswered", "canceled", "silent_peer", "bad_chunk", "incomplete"}
 
 // String returns the reason as a snake_case word, for logs and metrics.
 func (r DropReason) String() string {

@@ -64,6 +64,12 @@ type clientStream struct {
 
 	// sentCount is sendSeq for the keepalive's goroutine.
 	sentCount atomic.Int64
+	// chunked: a server message came in chunks; what is left of them is
+	// dropped when the stream ends.
+	chunked atomic.Bool
+	// cancelOnEnd: the stream failed here (its server's chunks were
+	// refused), and the server must be told.
+	cancelOnEnd atomic.Bool
 
 	// The sending goroutine's.
 	sendSeq    int64
@@ -138,7 +144,7 @@ func (st *clientStream) publishOpen(req any) error {
 	st.openSent = true
 	st.openMsg = p
 	st.mu.Unlock()
-	if err := c.publishWithRetry(st.ctx, p, timeoutProp); err != nil {
+	if err := c.publishWithRetry(st.ctx, p, timeoutProp, cc.target); err != nil {
 		return st.localError(err)
 	}
 	if c.streamKeepalive > 0 {
@@ -265,6 +271,9 @@ func (st *clientStream) end(err error) {
 		st.client.conn.responses.forgetStream(st.corr)
 		if st.unhook != nil {
 			st.unhook()
+		}
+		if st.chunked.Load() {
+			st.client.chunks.forget(string(st.corr[:]))
 		}
 		if !st.stopWatch() {
 			st.mu.Lock()
@@ -404,6 +413,16 @@ func (st *clientStream) sendError() error {
 // deliver takes a message of the stream from the response router, on
 // paho's receive goroutine; it never blocks.
 func (st *clientStream) deliver(p *paho.Publish) {
+	if isChunk(p) {
+		st.deliverChunk(p)
+		return
+	}
+	st.deliverWhole(p)
+}
+
+// deliverWhole takes a message of the stream that arrived whole or was
+// put together from its chunks.
+func (st *clientStream) deliverWhole(p *paho.Publish) {
 	sp := readStreamProps(p)
 	// The server's first message is the credit that accepts a client or
 	// bidi stream, or message 0 (publishes may pass each other on the
@@ -457,10 +476,49 @@ func (st *clientStream) deliver(p *paho.Publish) {
 		if err == nil {
 			err = Errorf(Internal, "the server answered the stream's open as a unary call")
 		}
-		st.breakWith(err)
+		st.breakWith(explainChunkRefusal(err))
 	case sp.credit < 0:
 		st.breakWith(Errorf(Internal, "the server sent a stream message without %s, %s or %s", propSeq, propCredit, propStatus))
 	}
+}
+
+// deliverChunk files a chunk of a server message, on paho's receive
+// goroutine, and delivers the message once complete (docs/protocol.md,
+// "Reassembly").
+func (st *clientStream) deliverChunk(p *paho.Publish) {
+	st.mu.Lock()
+	live := st.live
+	st.mu.Unlock()
+	live.heard()
+	h := readChunk(p)
+	if h.seq < 0 {
+		st.failHere(Errorf(Internal, "the server sent a chunk without %s", propSeq))
+		return
+	}
+	if !st.recv.admits(h.seq) {
+		return // a copy, or the stream is over
+	}
+	st.recv.progress(h.seq)
+	st.chunked.Store(true)
+	deadline, _ := st.ctx.Deadline()
+	key := chunkKey{call: string(st.corr[:]), target: h.target, seq: h.seq}
+	switch res := st.client.chunks.add(key, p, h, time.Now(), deadline, false); res.outcome {
+	case chunkComplete:
+		st.deliverWhole(res.message)
+	case chunkRefused:
+		err := res.err
+		if err.Code() == InvalidArgument {
+			err = Errorf(Internal, "the server's stream message came in %s", err.Message())
+		}
+		st.failHere(err)
+	}
+}
+
+// failHere ends the stream with an error decided here; the server is told
+// (a cancel) when the application sees it.
+func (st *clientStream) failHere(err *Error) {
+	st.cancelOnEnd.Store(true)
+	st.breakWith(err)
 }
 
 // accept records the server's first message: for a stream to _any, the
@@ -533,10 +591,32 @@ func (st *clientStream) Send(msg any) error {
 		return Errorf(ResourceExhausted, "stream message of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), st.client.maxPayload)
 	}
 	p := st.message(dataProps(st.sendSeq, 0), payload)
+	if limit := st.client.conn.packetLimit(); !fits(p, limit) {
+		st.out.skip(st.sendSeq) // not kept for resending (docs/protocol.md, "Resuming a stream")
+		return st.sendChunks(p, limit)
+	}
 	st.out.add(st.sendSeq, p)
 	st.sendSeq++
 	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
+}
+
+// sendChunks sends data message p, which does not fit limit, in chunks
+// (docs/protocol.md, "Chunking"); it counts as sent once every chunk is
+// on its way.
+func (st *clientStream) sendChunks(p *paho.Publish, limit int) error {
+	chunks, err := splitIntoChunks(p, limit)
+	if err != nil {
+		return err
+	}
+	for _, chunk := range chunks {
+		if err := st.publishAsync(chunk); err != nil {
+			return err
+		}
+	}
+	st.sendSeq++
+	st.sentCount.Store(st.sendSeq)
+	return nil
 }
 
 // message builds a client message to the server that has the stream.
@@ -580,7 +660,7 @@ func (st *clientStream) Receive(msg any) error {
 		if st.ctx.Err() != nil && !errors.Is(err, io.EOF) {
 			err = st.localError(st.ctx.Err())
 		}
-		if CodeOf(err) == Canceled {
+		if CodeOf(err) == Canceled || st.cancelOnEnd.Load() {
 			st.abort(err)
 		} else {
 			st.end(err)

@@ -37,6 +37,9 @@ type serverStream struct {
 	live   *liveness      // nil when the caller asked for no keepalive
 	// sentCount is sendSeq for the keepalive's goroutine.
 	sentCount atomic.Int64
+	// chunked: a message of the caller came in chunks; what is left of
+	// them is dropped when the stream ends.
+	chunked atomic.Bool
 
 	mu       sync.Mutex
 	ended    bool
@@ -118,6 +121,9 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 				delete(s.streams, key)
 			}
 			s.streamsMu.Unlock()
+			if st.chunked.Load() {
+				s.chunks.forget(key)
+			}
 		}()
 	}
 	// A stream holds its worker for long: its open is acknowledged now,
@@ -218,6 +224,15 @@ func (st *serverStream) finish(handlerErr error) {
 	ctx, cancel := context.WithDeadline(context.Background(), req.callerDeadline)
 	defer cancel()
 	final := st.env.message(st.expiry(), finalProps(st.sendSeq, rpcErr, headers, tr), nil)
+	if limit := s.conn.packetLimit(); !fits(final, limit) {
+		// A final message goes whole: what does not fit is replaced.
+		var target []userProperty
+		if st.target != "" && !st.headersSent {
+			target = []userProperty{{propTarget, st.target}}
+		}
+		why := Errorf(ResourceExhausted, "the stream's final message (status, message, headers and trailers) does not fit the broker's Maximum Packet Size of %d bytes", limit)
+		final = st.env.message(st.expiry(), finalProps(st.sendSeq, why, target, nil), nil)
+	}
 	if err := s.publish(ctx, final); err != nil {
 		s.count(DropResponseFailed, p.Topic)
 		s.cfg.logger.Warn("mqttrpc: publishing the end of a stream failed", "topic", p.Topic, "error", err)
@@ -334,14 +349,51 @@ func (s *Server) streamMessage(p *paho.Publish) {
 	if props.ResponseTopic == "" || len(props.CorrelationData) == 0 {
 		return
 	}
-	key := dedupKey(props.ResponseTopic, props.CorrelationData)
-	s.streamsMu.Lock()
-	st := s.streams[key]
-	s.streamsMu.Unlock()
+	st := s.runningStream(props)
 	if st == nil {
 		return
 	}
 	st.live.heard()
+	st.receive(p)
+}
+
+// runningStream is the running stream a client message names, or nil.
+func (s *Server) runningStream(props *paho.PublishProperties) *serverStream {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	return s.streams[dedupKey(props.ResponseTopic, props.CorrelationData)]
+}
+
+// streamChunk files a chunk of a client message with its running stream,
+// on paho's receive goroutine; the message goes on once complete. A chunk
+// for no running stream is dropped, as its message would be.
+func (s *Server) streamChunk(p *paho.Publish, h chunkHeader) {
+	props := p.Properties
+	if props.ResponseTopic == "" || len(props.CorrelationData) == 0 {
+		return
+	}
+	st := s.runningStream(props)
+	if st == nil {
+		return
+	}
+	st.live.heard()
+	if st.recv == nil || !st.recv.admits(h.seq) {
+		return // a server stream's client sends no data; or a copy
+	}
+	st.recv.progress(h.seq)
+	st.chunked.Store(true)
+	key := chunkKey{call: dedupKey(props.ResponseTopic, props.CorrelationData), seq: h.seq}
+	switch res := s.chunks.add(key, p, h, time.Now(), st.req.callerDeadline, false); res.outcome {
+	case chunkComplete:
+		st.receive(res.message)
+	case chunkRefused:
+		st.recv.fail(res.err) // the handler's Recv returns it
+	}
+}
+
+// receive takes a client message (data, half-close, credit) of the
+// stream.
+func (st *serverStream) receive(p *paho.Publish) {
 	sp := readStreamProps(p)
 	if sp.credit >= 0 {
 		st.credit.grant(sp.credit)
@@ -422,10 +474,32 @@ func (st *serverStream) Send(msg any) error {
 		user = dataProps(st.sendSeq, 0)
 	}
 	p := st.env.message(st.expiry(), user, payload)
+	if limit := st.s.conn.packetLimit(); !fits(p, limit) {
+		st.out.skip(st.sendSeq) // not kept for resending (docs/protocol.md, "Resuming a stream")
+		return st.sendChunks(p, limit)
+	}
 	st.out.add(st.sendSeq, p)
 	st.sendSeq++
 	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
+}
+
+// sendChunks sends data message p, which does not fit limit, in chunks
+// (docs/protocol.md, "Chunking"); it counts as sent once every chunk is
+// on its way.
+func (st *serverStream) sendChunks(p *paho.Publish, limit int) error {
+	chunks, err := splitIntoChunks(p, limit)
+	if err != nil {
+		return err
+	}
+	for _, chunk := range chunks {
+		if err := st.publishAsync(chunk); err != nil {
+			return err
+		}
+	}
+	st.sendSeq++
+	st.sentCount.Store(st.sendSeq)
+	return nil
 }
 
 // publishAsync publishes p on a goroutine of the stream, at most

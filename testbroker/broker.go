@@ -24,8 +24,10 @@ type Broker struct {
 	addr      string // host:port actually bound; kept across restarts
 	logger    *slog.Logger
 	packetLog *slog.Logger // WithPacketLog; nil logs no packets
-	faults    *faultTable
-	wills     *willHolds
+	// maxPacketSize is WithMaxPacketSize's; 0: no limit.
+	maxPacketSize uint32
+	faults        *faultTable
+	wills         *willHolds
 
 	mu      sync.Mutex // serialises Close, Restart and access to current
 	current *instance  // nil once closed, or if a restart failed
@@ -44,8 +46,8 @@ func New(opts ...Option) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testbroker: listen: %w", err)
 	}
-	b := &Broker{addr: ln.Addr().String(), logger: cfg.logger, packetLog: cfg.packetLog, faults: new(faultTable), wills: new(willHolds)}
-	b.current, err = startInstance(ln, b.faults, b.wills, b.logger, b.packetLog)
+	b := &Broker{addr: ln.Addr().String(), logger: cfg.logger, packetLog: cfg.packetLog, maxPacketSize: cfg.maxPacketSize, faults: new(faultTable), wills: new(willHolds)}
+	b.current, err = startInstance(ln, b.faults, b.wills, b.logger, b.packetLog, b.maxPacketSize)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +108,7 @@ func (b *Broker) Restart() error {
 	if err != nil {
 		return fmt.Errorf("testbroker: restart: %w", err)
 	}
-	b.current, err = startInstance(ln, b.faults, b.wills, b.logger, b.packetLog)
+	b.current, err = startInstance(ln, b.faults, b.wills, b.logger, b.packetLog, b.maxPacketSize)
 	if err != nil {
 		return fmt.Errorf("testbroker: restart: %w", err)
 	}

@@ -50,7 +50,9 @@
 // from one client are never throttled or dropped: Receive Maximum announced to
 // clients and maximum inflight messages per client 65535 (mochi: 1024 and
 // 8192), 16384 packets queued per client writer (mochi: 8192), no maximum
-// packet size and no maximum message expiry. $SYS topics are refreshed hourly.
+// packet size (WithMaxPacketSize sets one, and announces it in CONNACK,
+// which mochi does not) and no maximum message expiry. $SYS topics are
+// refreshed hourly.
 //
 // Like mochi, and unlike Mosquitto, the broker never answers a publish with
 // reason code 0x10 "no matching subscribers": it stands for brokers that do

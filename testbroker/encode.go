@@ -8,6 +8,10 @@ import (
 // OnPacketEncode corrects mochi's outgoing packets just before they are encoded.
 func (h *faultHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		if h.maxPacketSize > 0 {
+			pk.Properties.MaximumPacketSize = h.maxPacketSize // mochi enforces it without saying so
+		}
 	case packets.Publish:
 		return correctPublish(pk)
 	case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:

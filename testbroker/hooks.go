@@ -29,6 +29,9 @@ type faultHook struct {
 	retain     retainLock   // see retainlock.go
 	injector   *mqtt.Client // publishes delayed and duplicated copies
 	deliveries *deliveryScheduler
+	// maxPacketSize is announced in CONNACK, which mochi leaves out; 0:
+	// no limit.
+	maxPacketSize uint32
 
 	ackReasonsMu      sync.Mutex
 	ackReasons        map[ackKey]byte // reason codes < 0x80 to put on the next ack

@@ -45,14 +45,17 @@ type instance struct {
 }
 
 // startInstance serves MQTT on ln, which it owns from then on.
-func startInstance(ln net.Listener, faults *faultTable, wills *willHolds, log, packetLog *slog.Logger) (*instance, error) {
+func startInstance(ln net.Listener, faults *faultTable, wills *willHolds, log, packetLog *slog.Logger, maxPacketSize uint32) (*instance, error) {
+	caps := capabilities()
+	caps.MaximumPacketSize = maxPacketSize
 	server := mqtt.New(&mqtt.Options{
-		Capabilities:           capabilities(),
+		Capabilities:           caps,
 		Logger:                 log,
 		SysTopicResendInterval: sysTopicInterval,
 	})
 	hook := newFaultHook(server, faults)
 	hook.wills = wills
+	hook.maxPacketSize = maxPacketSize
 	gate := newSessionGateHook()
 	listener := newTrackingListener("testbroker", ln, gate.connectionDone)
 	err := server.AddHook(new(allowAllHook), nil)

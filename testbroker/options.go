@@ -12,6 +12,9 @@ type config struct {
 	addr      string
 	logger    *slog.Logger
 	packetLog *slog.Logger // nil: packets are not logged
+	// maxPacketSize is the Maximum Packet Size the broker announces and
+	// enforces; 0: none.
+	maxPacketSize uint32
 }
 
 func defaultConfig() config {
@@ -39,6 +42,15 @@ func WithLogger(l *slog.Logger) Option {
 			c.logger = l
 		}
 	})
+}
+
+// WithMaxPacketSize makes the broker announce n as its Maximum Packet Size
+// in CONNACK (MQTT 5 property 0x27) and close the connection of a client
+// that sends a larger packet, as Mosquitto does with max_packet_size. mochi
+// enforces the limit but does not announce it; testbroker adds it to
+// CONNACK. The default, 0, is no limit.
+func WithMaxPacketSize(n uint32) Option {
+	return optionFunc(func(c *config) { c.maxPacketSize = n })
 }
 
 // WithPacketLog logs every MQTT packet the broker receives and sends to l,

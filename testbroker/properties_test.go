@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mqttrpc/mqttrpc/testbroker"
@@ -91,5 +92,42 @@ func TestNoExpiryStaysWithoutExpiry(t *testing.T) {
 	pub.publish(t, &paho.Publish{QoS: 1, Topic: "noexp", Payload: []byte("forever")})
 	if got := sub.receivePayload(t, "forever"); got.Properties != nil && got.Properties.MessageExpiry != nil {
 		t.Errorf("message sent without expiry arrived with MessageExpiry %d", *got.Properties.MessageExpiry)
+	}
+}
+
+// WithMaxPacketSize announces the limit in CONNACK and closes the
+// connection of a client that sends a larger packet; smaller ones pass.
+func TestMaxPacketSize(t *testing.T) {
+	b := testbroker.Start(t, testbroker.WithMaxPacketSize(1024))
+	sub := connect(t, b.Addr(), "sub")
+	if _, err := sub.Subscribe(timeout(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	pub, ack := dial(t, b.Addr(), "pub")
+	defer pub.close(t)
+	if ack.Properties == nil || ack.Properties.MaximumPacketSize == nil || *ack.Properties.MaximumPacketSize != 1024 {
+		t.Fatalf("CONNACK Maximum Packet Size = %v, want 1024", ack.Properties)
+	}
+	if _, err := pub.Publish(timeout(t), &paho.Publish{Topic: "t", QoS: 1, Payload: make([]byte, 900)}); err != nil {
+		t.Fatalf("a publish under the limit: %v", err)
+	}
+	select {
+	case p := <-sub.received:
+		if len(p.Payload) != 900 {
+			t.Fatalf("received %d bytes", len(p.Payload))
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("the publish under the limit was not delivered")
+	}
+	_, _ = pub.Publish(timeout(t), &paho.Publish{Topic: "t", QoS: 0, Payload: make([]byte, 2000)}) // QoS 0: nothing to wait for
+	select {
+	case <-pub.Done():
+	case <-time.After(hangGuard):
+		t.Fatal("the connection of a client that sent a packet over the limit stayed open")
+	}
+	select {
+	case p := <-sub.received:
+		t.Fatalf("a packet over the limit was delivered (%d bytes)", len(p.Payload))
+	default:
 	}
 }
