@@ -106,6 +106,38 @@ type ServiceInfo struct {
 	Schema string
 }
 
+// Duplicates returns the server IDs that more than one online connection
+// lists, each with the client IDs of those connections, sorted. Every
+// such connection subscribes to the ID's request topics, so each of them
+// runs every call to the ID: two devices configured with one ID, most
+// likely. (A device that reconnected with a new client ID is not one: its
+// old connection's record is offline, or goes offline when the broker
+// notices, 1.5 × keepalive at most.)
+func (f *Fleet) Duplicates() map[string][]string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out map[string][]string
+	for id, conns := range f.idConns {
+		if len(conns) < 2 {
+			continue
+		}
+		var online []string
+		for clientID := range conns {
+			if r := f.records[clientID]; r != nil && r.online {
+				online = append(online, clientID)
+			}
+		}
+		if len(online) > 1 {
+			slices.Sort(online)
+			if out == nil {
+				out = map[string][]string{}
+			}
+			out[id] = online
+		}
+	}
+	return out
+}
+
 // Serves reports whether the server serves service.
 func (s *ServerInfo) Serves(service string) bool {
 	return slices.ContainsFunc(s.Services, func(x ServiceInfo) bool { return x.Name == service })

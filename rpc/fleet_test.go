@@ -527,3 +527,24 @@ func TestStatsOverMQTT(t *testing.T) {
 		}
 	})
 }
+
+// Two connections serving one server ID (two devices configured alike):
+// both take every call to it, and Duplicates names them until one goes.
+func TestFleetDuplicates(t *testing.T) {
+	t.Parallel()
+	eachBroker(t, func(t *testing.T, b *broker) {
+		id := uniqueID("twin")
+		c1, c2 := uniqueID("twin-a"), uniqueID("twin-b")
+		_, fleet := watchFleet(t, b.url)
+		first := serveOn(t, dial(t, b.url, rpc.WithClientID(c1)), rpc.WithServerID(id))
+		serveOn(t, dial(t, b.url, rpc.WithClientID(c2)), rpc.WithServerID(id))
+		waitFor(t, func() bool { return len(fleet.Duplicates()[id]) == 2 })
+		if got := fleet.Duplicates()[id]; !slices.Equal(got, []string{min(c1, c2), max(c1, c2)}) {
+			t.Fatalf("Duplicates()[%s] = %v, want both client IDs", id, got)
+		}
+		if err := first.Shutdown(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return len(fleet.Duplicates()[id]) == 0 })
+	})
+}

@@ -261,6 +261,11 @@ func (a *app) call(ctx context.Context, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	stub := client.Stub(desc, string(m.Name()))
+	if a.fleet != nil && f.target != "" {
+		if conns := a.fleet.Duplicates()[f.target]; len(conns) > 1 {
+			fmt.Fprintf(a.stderr, "mqttrpc: warning: server ID %s is online on %d connections (client IDs %s): each of them runs this call\n", f.target, len(conns), strings.Join(conns, ", "))
+		}
+	}
 	if m.IsStreamingClient() || m.IsStreamingServer() {
 		return a.stream(ctx, s, m, stub, req, text, opts)
 	}

@@ -126,7 +126,22 @@ func (a *app) list(ctx context.Context, args []string) error {
 			fmt.Fprintln(a.stderr, "no online servers")
 		}
 	}
+	a.warnDuplicates(fleet)
 	return nil
+}
+
+// warnDuplicates says on stderr which server IDs more than one online
+// connection serves: each of them runs every call to the ID.
+func (a *app) warnDuplicates(fleet *rpc.Fleet) {
+	dups := fleet.Duplicates()
+	ids := make([]string, 0, len(dups))
+	for id := range dups {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		fmt.Fprintf(a.stderr, "mqttrpc: warning: server ID %s is online on %d connections (client IDs %s): each of them runs every call to %s\n", id, len(dups[id]), strings.Join(dups[id], ", "), id)
+	}
 }
 
 // watch runs the watch command: the servers known now, then every change

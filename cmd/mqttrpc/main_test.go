@@ -687,6 +687,24 @@ func TestCLICustomTemplate(t *testing.T) {
 	})
 }
 
+// Two connections serving one server ID: list and call warn that each of
+// them runs every call.
+func TestCLIDuplicateServerID(t *testing.T) {
+	b := rpctest.NewTestbroker(t)
+	id := rpctest.UniqueID("twin")
+	startServers(t, b.URL, id, id)
+	r := runCLI(t, "", "--broker", b.URL, "list")
+	r.want(t, 0)
+	if !strings.Contains(r.stderr, "warning: server ID "+id+" is online on 2 connections") {
+		t.Errorf("list: stderr %q, want a warning about the two connections", r.stderr)
+	}
+	r = runCLI(t, "", "--broker", b.URL, "call", "-t", id, "-d", `{"name":"x"}`, "mqttrpctest.greeter.v1.Greeter/SayHello")
+	r.want(t, 0)
+	if !strings.Contains(r.stderr, "each of them runs this call") {
+		t.Errorf("call: stderr %q, want a warning", r.stderr)
+	}
+}
+
 // writeProtoset writes the greeter's FileDescriptorSet, as
 // protoc --include_imports --descriptor_set_out would.
 func writeProtoset(t *testing.T) string {
