@@ -105,6 +105,7 @@ type recvQueue struct {
 	// awaited, and since awaitedSince next has not come.
 	awaited      int64
 	awaitedSince time.Time
+	askedFor     int64 // 1 + the message asked for again (overdue); 0: none
 }
 
 func newRecvQueue(window int64) *recvQueue {
@@ -198,6 +199,22 @@ func (q *recvQueue) gap(limit time.Duration) (seq int64, pending, lost bool) {
 		return 0, false, false
 	}
 	return q.next, true, time.Since(q.awaitedSince) > limit
+}
+
+// overdue reports a message the peer has sent that has not arrived for
+// longer than after, once per such message: the receiver asks the peer to
+// send it again (docs/protocol.md, "Resuming a stream").
+func (q *recvQueue) overdue(after time.Duration) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.awaitedSince.IsZero() || q.awaited != q.next || q.early[q.next] != nil || q.askedFor == q.next+1 {
+		return false
+	}
+	if time.Since(q.awaitedSince) <= after {
+		return false
+	}
+	q.askedFor = q.next + 1
+	return true
 }
 
 // ended reports whether the end marker has arrived (it may not be

@@ -162,6 +162,15 @@ func (st *clientStream) publishOpen(req any) error {
 // in, nothing more is awaited.
 func (st *clientStream) checkLiveness(silentFor time.Duration) (over bool) {
 	limit := silenceFactor * st.client.streamKeepalive
+	if st.recv.overdue(st.client.streamKeepalive) {
+		// The broker lost a message the server sent: ask for it again.
+		st.spawn(func() {
+			p := st.message(resumeProps(st.recv.credit(), st.recv.received(), ""), nil)
+			if err := st.client.conn.publish(st.ctx, p); err != nil {
+				st.client.logger.Debug("mqttrpc: asking for a lost stream message failed", "topic", p.Topic, "error", err)
+			}
+		})
+	}
 	seq, pending, lost := st.recv.gap(limit)
 	switch {
 	case lost:

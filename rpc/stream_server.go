@@ -98,6 +98,15 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 		limit := silenceFactor * keepalive
 		st.live = startLiveness(keepalive, st.ping, func(silentFor time.Duration) bool {
 			if st.recv != nil {
+				if st.recv.overdue(keepalive) {
+					// The broker lost a message the caller sent: ask for it again.
+					st.spawn(func() {
+						m := st.env.message(st.expiry(), resumeProps(st.recv.credit(), st.recv.received(), st.target), nil)
+						if err := s.publish(st.ctx, m); err != nil {
+							s.cfg.logger.Debug("mqttrpc: asking for a lost stream message failed", "topic", st.env.topic, "error", err)
+						}
+					})
+				}
 				if seq, _, lost := st.recv.gap(limit); lost {
 					silenced(Errorf(DataLoss, "stream message %d from the caller never arrived (it sent more %v ago)", seq, limit))
 					return true
