@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -55,12 +56,29 @@ func (c *callFlags) register(fs *flag.FlagSet, unicast bool) {
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "the call's `deadline`")
 }
 
+// globalFlagHint says, after a command's flags failed to parse on a flag
+// that is a global one, that global flags go before the command.
+func globalFlagHint(stderr io.Writer, err error) {
+	name, found := strings.CutPrefix(err.Error(), "flag provided but not defined: -")
+	if !found {
+		return
+	}
+	name = strings.TrimPrefix(name, "-")
+	probe := flag.NewFlagSet("", flag.ContinueOnError)
+	var g globalFlags
+	g.register(probe)
+	if probe.Lookup(name) != nil {
+		fmt.Fprintf(stderr, "mqttrpc: -%s is a global flag: give it before the command (mqttrpc -%s … COMMAND …)\n", name, name)
+	}
+}
+
 // parse parses a command's flags and its one SERVICE/METHOD argument.
 func parseCommand(name string, args []string, stderr io.Writer, register func(*flag.FlagSet)) (string, error) {
 	fs := flag.NewFlagSet("mqttrpc "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	register(fs)
 	if err := fs.Parse(args); err != nil {
+		globalFlagHint(stderr, err)
 		return "", flagError{help: errors.Is(err, flag.ErrHelp)}
 	}
 	if fs.NArg() != 1 {
@@ -77,6 +95,17 @@ func (c *callFlags) options() ([]rpc.CallOption, error) {
 			k, v, ok := strings.Cut(h, "=")
 			if !ok || k == "" {
 				return nil, usagef("-H %q: want key=value", h)
+			}
+			if strings.HasSuffix(strings.ToLower(k), "-bin") {
+				// Binary metadata: the value is given in base64, as to
+				// grpcurl, and goes as bytes.
+				b, err := base64.StdEncoding.DecodeString(v)
+				if err != nil {
+					if b, err = base64.RawStdEncoding.DecodeString(v); err != nil {
+						return nil, usagef("-H %s: a -bin key takes its value in base64: %v", k, err)
+					}
+				}
+				v = string(b)
 			}
 			md.Add(k, v)
 		}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"strings"
 
@@ -12,10 +14,18 @@ import (
 // the schema in .proto syntax, as grpcurl describe prints it; every service
 // without an argument.
 func (a *app) describe(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("mqttrpc describe", flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	var want schemaWanted
+	fs.StringVar(&want.target, "t", "", "by reflection: the schema that the server with this `ID` announces (default: the one most online servers announce)")
+	if err := fs.Parse(args); err != nil {
+		globalFlagHint(a.stderr, err)
+		return flagError{help: errors.Is(err, flag.ErrHelp)}
+	}
+	args = fs.Args()
 	if len(args) > 1 {
 		return usagef("describe takes at most one SERVICE[/METHOD] or message name")
 	}
-	var want schemaWanted
 	if len(args) == 1 {
 		want.name = args[0]
 	}

@@ -38,6 +38,7 @@ func (a *app) parseFleetCommand(name string, args []string, withTarget bool) (fl
 	}
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the broker's presence records")
 	if err := fs.Parse(args); err != nil {
+		globalFlagHint(a.stderr, err)
 		return f, "", flagError{help: errors.Is(err, flag.ErrHelp)}
 	}
 	if fs.NArg() > 1 {

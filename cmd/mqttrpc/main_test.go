@@ -542,7 +542,11 @@ func TestCLIUsageErrors(t *testing.T) {
 			t.Errorf("%v: stderr says it twice: %q", tc.args, r.stderr)
 		}
 	}
-	for _, args := range [][]string{{"-h"}, {"help"}, {"call", "-h"}, {"list", "-h"}} {
+	r := runCLI(t, "", "list", "-o", "text")
+	if r.code != 1 || !strings.Contains(r.stderr, "-o is a global flag: give it before the command") {
+		t.Errorf("list -o text: exit %d, stderr %q; want 1 and where -o goes", r.code, r.stderr)
+	}
+	for _, args := range [][]string{{"-h"}, {"help"}, {"call", "-h"}, {"list", "-h"}, {"describe", "-h"}} {
 		if r := runCLI(t, "", args...); r.code != 0 || !strings.Contains(r.stderr, "-") {
 			t.Errorf("%v: exit %d, stderr %q; want 0 and the usage", args, r.code, r.stderr)
 		}
