@@ -19,6 +19,13 @@ import (
 //
 //	stats := new(structpb.Struct)
 //	err := client.Call(ctx, "example.thermostat.v1.Thermostat", rpc.StatsMethod, &emptypb.Empty{}, stats, rpc.To("dev-1"))
+//
+// Client.Call uses the default topic template: for a service with a
+// template of its own, describe the method with it, e.g.
+// client.Stub(&rpc.ServiceDesc{ServiceName: name, Methods:
+// []rpc.MethodDesc{{MethodName: rpc.StatsMethod, TopicTemplate: tmpl,
+// QoS: rpc.QoS1}}}, rpc.StatsMethod), with WithToken for its custom
+// tokens (the mqttrpc command line does so).
 const StatsMethod = "_stats"
 
 // MethodStats counts the calls of one unary method that reached its
