@@ -8,6 +8,8 @@ package rpc
 // number, so the application sees each message once, in order.
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -145,5 +147,123 @@ func (c *Conn) resumeStreams() {
 	c.resumeMu.Unlock()
 	for _, r := range list {
 		r.reconnected()
+	}
+}
+
+// The streams' side of it.
+
+// spawnUnlessEnded runs f on a goroutine counted in wg, unless *ended
+// (read under mu) says the stream has ended: the stream's end waits for
+// wg, after setting *ended.
+func spawnUnlessEnded(mu *sync.Mutex, ended *bool, wg *sync.WaitGroup, f func()) {
+	mu.Lock()
+	if *ended {
+		mu.Unlock()
+		return
+	}
+	wg.Add(1)
+	mu.Unlock()
+	go func() {
+		defer wg.Done()
+		f()
+	}()
+}
+
+// resendFrom publishes first (a resume or credit message), then the
+// messages of out numbered from and above, again. It reports whether one
+// of those is no longer kept, and then sends none of them: the receiver
+// could not deliver what follows a gap. A failed publish stops it; the
+// next resume asks again.
+func resendFrom(ctx context.Context, publish func(context.Context, *paho.Publish) error, logger *slog.Logger, out *replay, first *paho.Publish, from int64, expiry uint32) (missing bool) {
+	if err := publish(ctx, first); err != nil {
+		logger.Debug("mqttrpc: resuming a stream failed", "topic", first.Topic, "error", err)
+		return false
+	}
+	msgs, missing := out.from(from, expiry)
+	if missing {
+		return true
+	}
+	for _, p := range msgs {
+		if err := publish(ctx, p); err != nil {
+			logger.Debug("mqttrpc: resending a stream message failed", "topic", p.Topic, "error", err)
+			return false
+		}
+	}
+	return false
+}
+
+// spawn runs f on a goroutine of the stream, unless it has ended.
+func (st *clientStream) spawn(f func()) { spawnUnlessEnded(&st.mu, &st.ended, &st.pubs, f) }
+
+// reconnected resumes the stream on the Conn's new connection: once its
+// subscriptions are back, the open again if the server has not answered
+// yet, else a resume message (the server resends what it sent meanwhile)
+// and what the server has not acknowledged.
+func (st *clientStream) reconnected() {
+	st.spawn(func() {
+		if st.client.conn.waitReady(st.ctx) != nil {
+			return
+		}
+		st.mu.Lock()
+		accepted, open := st.gotFirst, st.openMsg
+		st.mu.Unlock()
+		if !accepted {
+			if open != nil {
+				if err := st.client.conn.publish(st.ctx, open); err != nil {
+					st.client.logger.Debug("mqttrpc: publishing a stream's open again failed", "topic", open.Topic, "error", err)
+				}
+			}
+			return
+		}
+		st.resend(st.message(resumeProps(st.recv.credit(), st.recv.received(), ""), nil), 0)
+	})
+}
+
+// resend is resendFrom on the caller's side: a message no longer kept
+// breaks the stream with DataLoss.
+func (st *clientStream) resend(first *paho.Publish, from int64) {
+	if resendFrom(st.ctx, st.client.conn.publish, st.client.logger, &st.out, first, from, st.expiry()) {
+		st.breakWith(Errorf(DataLoss, "the server lost stream messages from %d that are no longer kept for resending", from))
+	}
+}
+
+// received is the acknowledgement of the caller's messages; 0 for a
+// server stream, whose caller sends none.
+func (st *serverStream) received() int64 {
+	if st.recv == nil {
+		return 0
+	}
+	return st.recv.received()
+}
+
+// grantedCredit is the credit granted to the caller; 0 for a server
+// stream.
+func (st *serverStream) grantedCredit() int64 {
+	if st.recv == nil {
+		return 0
+	}
+	return st.recv.credit()
+}
+
+// spawn runs f on a goroutine of the stream, unless it has ended.
+func (st *serverStream) spawn(f func()) { spawnUnlessEnded(&st.mu, &st.ended, &st.pubs, f) }
+
+// reconnected resumes the stream on the server's new connection: a
+// resume message, so that the caller resends what it sent meanwhile and
+// learns our credit, then what the caller has not acknowledged.
+func (st *serverStream) reconnected() {
+	st.spawn(func() {
+		if st.s.conn.waitReady(st.ctx) != nil {
+			return
+		}
+		st.resend(st.env.message(st.expiry(), resumeProps(st.grantedCredit(), st.received(), st.target), nil), 0)
+	})
+}
+
+// resend is resendFrom on the server's side: the caller, missing a
+// message no longer kept, ends the stream with DataLoss by its liveness.
+func (st *serverStream) resend(first *paho.Publish, from int64) {
+	if resendFrom(st.ctx, st.s.publish, st.s.cfg.logger, &st.out, first, from, st.expiry()) {
+		st.s.cfg.logger.Warn("mqttrpc: stream messages the caller lost are no longer kept; it will see DataLoss", "topic", st.env.topic, "from", from)
 	}
 }
