@@ -36,11 +36,11 @@ var (
 	duration    = flag.Duration("duration", 3*time.Second, "measured time per row")
 	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each row")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the measured rows to this file")
-	only        = flag.String("only", "", "run only rows whose key (target/impl/payload/c, e.g. testbroker/mqttrpc/64B/c16) matches this regexp")
+	only        = flag.String("only", "", "run only rows whose key (target/impl/payload/c, e.g. testbroker/mqttrpc/64B/c16; with -streams broker/impl/cell, e.g. mosquitto/mqttrpc/server stream 64 B) matches this regexp")
 	noMosquitto = flag.Bool("no-mosquitto", false, "skip the Mosquitto rows")
 	scaleCalls  = flag.Int("scale-calls", 10000, "-scale: calls in flight at once from one client")
 	scaleSrv    = flag.Int("scale-servers", 1000, "-scale: device servers on one broker")
-	memProfile  = flag.String("memprofile", "", "-scale: write a heap profile with the 1,000 servers up to this file")
+	memProfile  = flag.String("memprofile", "", "-scale: write a heap profile with the 1,000 servers up to this file; -streams: an allocation profile of the whole run")
 	child       = flag.String("child", "", "internal: run as the holding server of -scale on this broker")
 )
 

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,14 +25,16 @@ import (
 // in alternating rounds. A server stream (Download: the server sends count
 // messages of a size) is matched by raw paho publishing the same messages,
 // QoS 1, to a subscriber on another connection, with as many publishes in
-// flight as mqttrpc's stream window (each of rawStreamPublishers goroutines
-// waits for its PUBACK before the next). A client stream (Upload of 64 MiB
+// flight as an mqttrpc stream has at most (64; each of rawStreamPublishers
+// goroutines waits for its PUBACK before the next). mqttrpc's window (its
+// credit) is larger, as it spans the whole way to the consuming Recv and
+// back, where raw paho's in-flight publishes end at the broker. A client stream (Upload of 64 MiB
 // in 64 KiB chunks) is matched by the same raw publishing of the chunks.
 // The time runs from the first send to the last message received (for
 // Upload, to the server's answer). Allocations are the whole process's
 // (with testbroker, the broker's too) divided by the messages.
 
-const rawStreamPublishers = rpc.DefaultStreamWindow
+const rawStreamPublishers = 64 // rpc's maxInflightPublishes
 
 // streamCell is one measurement: count messages of size bytes.
 type streamCell struct {
@@ -57,6 +62,9 @@ func runStreams() error {
 		return err
 	}
 	defer stopProfile()
+	if *memProfile != "" {
+		defer writeAllocsProfile(*memProfile)
+	}
 	type broker struct {
 		name string
 		url  string
@@ -97,6 +105,13 @@ func runStreams() error {
 }
 
 func streamBroker(name, url string) error {
+	var filter *regexp.Regexp
+	if *only != "" {
+		var err error
+		if filter, err = regexp.Compile(*only); err != nil {
+			return fmt.Errorf("-only: %w", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 	raw, err := startRawStream(ctx, url)
@@ -114,6 +129,9 @@ func streamBroker(name, url string) error {
 		var rawAllocs, rpcAllocs uint64
 		for round := range *rounds {
 			for _, impl := range []string{"raw paho", "mqttrpc"} {
+				if filter != nil && !filter.MatchString(name+"/"+impl+"/"+cell.name) {
+					continue
+				}
 				var r streamResult
 				if impl == "raw paho" {
 					r = measureStream(func() error { return raw.run(cell) })
@@ -132,6 +150,9 @@ func streamBroker(name, url string) error {
 					rpcAllocs += r.mallocs
 				}
 			}
+		}
+		if rawSum == 0 || rpcSum == 0 {
+			continue // -only left one of them out
 		}
 		n := float64(cell.count * *rounds)
 		rawRate, rpcRate := n/rawSum.Seconds(), n/rpcSum.Seconds()
@@ -356,5 +377,20 @@ func (p *streamPair) close() {
 		if c != nil {
 			_ = c.Close(ctx)
 		}
+	}
+}
+
+// writeAllocsProfile writes the allocations since the start (-streams
+// -memprofile): `go tool pprof -sample_index=alloc_objects` names where a
+// stream message's allocations come from.
+func writeAllocsProfile(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "memprofile:", err)
+		return
+	}
+	defer func() { _ = f.Close() }()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "memprofile:", err)
 	}
 }

@@ -298,7 +298,7 @@ func (o streamWindowOption) applyToServer(c *serverConfig) {
 // Server (of client messages) accepts ahead of the application reading
 // them. The sender waits when they are unread; the receiver grants more
 // credit as they are read, in steps of half the window. Default:
-// DefaultStreamWindow (64). A window below 1 is refused.
+// DefaultStreamWindow (128). A window below 1 is refused.
 func WithStreamWindow(n int) ClientServerOption {
 	return streamWindowOption{min(n, maxCredit)}
 }

@@ -30,7 +30,7 @@ const (
 const (
 	// DefaultStreamWindow is the credit, in messages, that a receiver of
 	// a stream grants unless WithStreamWindow says otherwise.
-	DefaultStreamWindow = 64
+	DefaultStreamWindow = 128
 	// openWindowDefault is the credit of an open without mqttrpc-window.
 	openWindowDefault = 16
 	// maxCredit is the largest credit on the wire.
