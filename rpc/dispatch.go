@@ -151,8 +151,15 @@ func (s *Server) admit(req *request, arrival time.Time) bool {
 	case s.running < s.cfg.concurrency && req.method.running < s.methodLimit():
 		s.running++
 		req.method.running++
-		s.workers.Add(1)
-		go s.work(req)
+		if s.parked > 0 {
+			// Never blocks: the channel has room for every parked
+			// worker, and each takes one request.
+			s.parked--
+			s.handoff <- req
+		} else {
+			s.workers.Add(1)
+			go s.work(req)
+		}
 	case s.queued < s.cfg.queueSize:
 		m := req.method
 		if len(m.queue) == 0 {
@@ -226,7 +233,14 @@ func (s *Server) methodLimit() int {
 	return max(1, s.cfg.concurrency-s.cfg.concurrency/4)
 }
 
-// work runs req, then queued requests, until none may run.
+// maxParkedWorkers bounds the workers that wait for the next request
+// once they have none: enough for the calls in flight of a busy
+// connection, few enough that an idle server holds little memory (a
+// parked worker keeps the stack it grew).
+const maxParkedWorkers = 16
+
+// work runs req, then queued requests, until none may run; then it
+// parks, and runs the next request it is handed.
 func (s *Server) work(req *request) {
 	defer s.workers.Done()
 	for req != nil {
@@ -234,15 +248,62 @@ func (s *Server) work(req *request) {
 		s.mu.Lock()
 		req.method.running--
 		req = s.nextQueued()
+		park := false
 		if req == nil {
 			s.running--
 			if s.running == 0 && s.idle != nil {
 				close(s.idle)
 			}
+			if park = s.mayPark(); park {
+				s.parked++
+			}
 		} else {
 			req.method.running++
 		}
 		s.mu.Unlock()
+		if park {
+			req = s.park()
+		}
+	}
+}
+
+// mayPark reports whether a worker without requests may wait for the
+// next. s.mu is held.
+func (s *Server) mayPark() bool {
+	// A Conn without a lifetime is one of the tests that run the request
+	// path without a broker: nothing would end a parked worker.
+	return !s.stopping && s.parked < min(maxParkedWorkers, s.cfg.concurrency) && s.conn != nil && s.conn.ctx != nil
+}
+
+// park waits for a request handed to this worker (counted in s.parked),
+// and returns nil when the server stops taking calls or its connection
+// closes first.
+func (s *Server) park() *request {
+	select {
+	case req := <-s.handoff:
+		return req
+	case <-s.stopParks:
+	case <-s.conn.ctx.Done():
+	}
+	// A request handed over before the stop is still served: each one
+	// in the channel has a parked worker counted for it.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case req := <-s.handoff:
+		return req
+	default:
+		s.parked--
+		return nil
+	}
+}
+
+// stopTakingCalls marks the server stopping and ends its parked workers.
+// s.mu is held.
+func (s *Server) stopTakingCalls() {
+	if !s.stopping {
+		s.stopping = true
+		close(s.stopParks)
 	}
 }
 

@@ -42,8 +42,14 @@ type Server struct {
 	ready       []*method      // methods with queued requests, served round robin
 	nextReady   int            // round-robin position in ready
 	workers     sync.WaitGroup // handler goroutines; Add only while !stopping
-	idle        chan struct{}  // made by Shutdown, closed when no handler runs
-	shutDown    bool           // Shutdown finished: the route is removed
+	// Workers that ran out of requests wait for the next one instead of
+	// ending (dispatch.go, park): a new goroutine per call would start
+	// with a small stack and grow it on every call.
+	parked    int           // waiting in park and not yet handed a request
+	handoff   chan *request // requests handed to parked workers; room for maxParkedWorkers
+	stopParks chan struct{} // closed when the server stops taking calls
+	idle      chan struct{} // made by Shutdown, closed when no handler runs
+	shutDown  bool          // Shutdown finished: the route is removed
 
 	streamsMu sync.Mutex
 	streams   map[string]*serverStream // running streams by dedupKey, for their client's messages
@@ -148,6 +154,9 @@ func NewServer(conn *Conn, opts ...ServerOption) *Server {
 		dedup:   newDedupCache(cfg.dedupEntries, cfg.dedupBytes),
 		publish: conn.publish,
 		streams: map[string]*serverStream{},
+		handoff: make(chan *request, maxParkedWorkers),
+		// stopParks is closed by stopTakingCalls.
+		stopParks: make(chan struct{}),
 	}
 	s.baseCtx, s.stopAll = context.WithCancel(context.Background())
 	s.chunks = newReassembly(cfg.maxPayload, cfg.reassemblyLimit, "server")
@@ -365,11 +374,12 @@ func (s *Server) Start(ctx context.Context) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.shutDown || !s.started {
-		s.stopping, s.shutDown = true, true
+		s.stopTakingCalls()
+		s.shutDown = true
 		s.mu.Unlock()
 		return nil
 	}
-	s.stopping = true
+	s.stopTakingCalls()
 	var filters []string
 	for _, svc := range s.services {
 		filters = append(filters, svc.filters...)
