@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 )
 
@@ -36,6 +37,7 @@ var (
 	duration    = flag.Duration("duration", 3*time.Second, "measured time per row")
 	warmup      = flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each row")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the measured rows to this file")
+	traceFile   = flag.String("trace", "", "write an execution trace of the measured rows to this file (go tool trace; goroutine wake-ups per call)")
 	only        = flag.String("only", "", "run only rows whose key (target/impl/payload/c, e.g. testbroker/mqttrpc/64B/c16; with -streams broker/impl/cell, e.g. mosquitto/mqttrpc/server stream 64 B) matches this regexp")
 	noMosquitto = flag.Bool("no-mosquitto", false, "skip the Mosquitto rows")
 	scaleCalls  = flag.Int("scale-calls", 10000, "-scale: calls in flight at once from one client")
@@ -282,20 +284,41 @@ func runQuick() error {
 }
 
 func startProfile() (func(), error) {
-	if *cpuProfile == "" {
-		return func() {}, nil
+	var stops []func()
+	stop := func() {
+		for _, f := range stops {
+			f()
+		}
 	}
-	f, err := os.Create(*cpuProfile)
-	if err != nil {
-		return nil, err
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		stops = append(stops, func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		})
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		return nil, err
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		if err := trace.Start(f); err != nil {
+			stop()
+			return nil, err
+		}
+		stops = append(stops, func() {
+			trace.Stop()
+			_ = f.Close()
+		})
 	}
-	return func() {
-		pprof.StopCPUProfile()
-		_ = f.Close()
-	}, nil
+	return stop, nil
 }
 
 func printTable(rows []row) {

@@ -151,9 +151,9 @@ type conn struct {
 	windowPackets int
 	windowBehind  int
 	windowWrites  int
-	// Totals, for tests: packets written at once by their writer, and
-	// the flusher's system calls.
-	directWrites, flusherWrites int
+	// Totals, for tests: packets written at once by their writer, the
+	// flusher's system calls, and the times it was woken.
+	directWrites, flusherWrites, flusherWakeups int
 
 	// beforeDirectWrite (tests) runs before a writer's own write system
 	// call, outside every lock.
@@ -325,7 +325,12 @@ func (c *conn) wroteLocked(out []byte, err error) {
 		close(c.space)
 		c.space = nil
 	}
-	c.wake.Signal() // packets queued meanwhile, or Close waiting
+	// The flusher has work only when packets were queued meanwhile, or
+	// Close (or a failure) waits for it to return: a write that went out
+	// alone must not cost it a wake-up (one per packet, four per call).
+	if c.complete > 0 || c.closed || c.err != nil {
+		c.wake.Signal()
+	}
 }
 
 // WaitWritable waits until nc takes a packet without blocking its writer,
@@ -424,6 +429,7 @@ func (c *conn) flusher() {
 	for {
 		for c.err == nil && (c.writing || c.complete == 0 && !c.closed) {
 			c.wake.Wait()
+			c.flusherWakeups++
 		}
 		if c.err != nil || c.complete == 0 {
 			return // failed, or closed with nothing left to write

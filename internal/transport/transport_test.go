@@ -394,6 +394,11 @@ func TestTransportWriteModeDecision(t *testing.T) {
 		defer w.mu.Unlock()
 		return w.directWrites, w.flusherWrites, w.batching
 	}
+	wakeups := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.flusherWakeups
+	}
 	read := func(n int) {
 		t.Helper()
 		for i := range n {
@@ -413,6 +418,11 @@ func TestTransportWriteModeDecision(t *testing.T) {
 	read(3 * modeWindow)
 	if direct, flusher, batching := counts(); direct != 3*modeWindow || flusher != 0 || batching {
 		t.Fatalf("lone packets: %d written by their writers, %d flusher writes, batching %v; want %d, 0, false", direct, flusher, batching, 3*modeWindow)
+	}
+	// Nor does a lone packet wake the flusher, which has nothing to do:
+	// a wake-up per packet cost a call four goroutine switches.
+	if n := wakeups(); n != 0 {
+		t.Fatalf("%d lone packets woke the flusher %d times; want 0", 3*modeWindow, n)
 	}
 
 	// A burst behind a write that takes long: 2 windows of packets pile up
