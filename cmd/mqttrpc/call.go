@@ -50,7 +50,7 @@ func (c *callFlags) register(fs *flag.FlagSet, unicast bool) {
 		fs.BoolVar(&c.any, "any", false, "call any one server of the service's share group (target _any)")
 		fs.IntVar(&c.qos, "qos", -1, "QoS `0|1|2` of the request (default: the method's, 1 unless its proto option says otherwise)")
 	}
-	fs.StringVar(&c.data, "d", "", "the request as JSON, @FILE to read it from a file, @- from stdin (default {}); for a client stream, JSON objects one per line")
+	fs.StringVar(&c.data, "d", "", "the request as JSON, @FILE to read it from a file, @- from stdin (default {}); for a client stream, JSON objects one per line (default: stdin)")
 	fs.Var(&c.headers, "H", "request metadata `key=value` (repeatable)")
 	fs.Var(&c.tokens, "token", "a value for a custom token of the method's topic template, `name=value` (repeatable; e.g. --token site=north for plant/{site}/{target}/{method})")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "the call's `deadline`")
@@ -130,11 +130,11 @@ func (c *callFlags) options() ([]rpc.CallOption, error) {
 	return opts, nil
 }
 
-// readData returns the text of -d.
+// readData returns the text of -d; nil without -d.
 func (a *app) readData(data string) ([]byte, error) {
 	switch {
 	case data == "":
-		return []byte("{}"), nil
+		return nil, nil
 	case data == "@-":
 		b, err := io.ReadAll(a.stdin)
 		if err != nil {
@@ -243,7 +243,11 @@ func (a *app) resolveCall(ctx context.Context, name, data, target string, stream
 		return nil, err
 	}
 	if !m.IsStreamingClient() {
-		if rc.req, err = s.decodeRequest(m, rc.text); err != nil {
+		text := rc.text
+		if text == nil {
+			text = []byte("{}") // no -d: the empty request
+		}
+		if rc.req, err = s.decodeRequest(m, text); err != nil {
 			return nil, err
 		}
 	}
@@ -347,11 +351,12 @@ func (a *app) stream(ctx context.Context, s *schema, m protoreflect.MethodDescri
 	}
 }
 
-// sendLines sends the JSON objects of text, one per line (text is -d's; a
-// client stream with no -d reads stdin), then half-closes.
+// sendLines sends the JSON objects of text, one per line (text is -d's;
+// a client stream with no -d reads stdin), then half-closes. -d '{}' is
+// one empty message, not a request to read stdin.
 func (a *app) sendLines(s *schema, m protoreflect.MethodDescriptor, stream rpc.ClientStream, text []byte) error {
 	var r io.Reader = a.stdin
-	if len(text) > 0 && string(text) != "{}" {
+	if text != nil {
 		r = strings.NewReader(string(text))
 	}
 	sc := bufio.NewScanner(r)

@@ -7,8 +7,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -99,8 +103,12 @@ func (a *app) dial(ctx context.Context) (*rpc.Conn, error) {
 		}
 		opts = append(opts, rpc.WithTLSConfig(cfg))
 	}
-	conn, err := rpc.Dial(ctx, g.broker, opts...)
+	conn, err := dialOrRefused(ctx, g.broker, opts)
 	if err != nil {
+		var refused *refusedError
+		if errors.As(err, &refused) {
+			return nil, fmt.Errorf("cannot connect to the broker: nothing listens on %s (connection refused; is it running? set --broker or MQTTRPC_BROKER)", refused.addr)
+		}
 		hint := "is it running? set --broker or MQTTRPC_BROKER"
 		switch rpc.CodeOf(err) {
 		case rpc.PermissionDenied, rpc.Unauthenticated:
@@ -118,6 +126,78 @@ func (a *app) dial(ctx context.Context) (*rpc.Conn, error) {
 		return nil, fmt.Errorf("cannot connect to the broker: %v (%s)", err, hint)
 	}
 	return conn, nil
+}
+
+// probeAfter is how long dial waits for the broker before it asks the
+// operating system whether anything listens at the broker's address: a
+// broker that is up answers well before, so that the probe, a connection
+// the broker would see close without a CONNECT, is only made when
+// something is wrong.
+const probeAfter = 300 * time.Millisecond
+
+// refusedError says that nothing listens at the broker's address.
+type refusedError struct{ addr string }
+
+func (e *refusedError) Error() string { return "connection refused by " + e.addr }
+
+// dialOrRefused dials the broker with rpc.Dial, which tries again until its
+// dial timeout (a broker may be starting); but when a TCP connection to the
+// broker's address is refused, nothing listens there, and a person at a
+// shell wants to know at once rather than after --connect-timeout (as
+// grpcurl fails at once on a refused port).
+func dialOrRefused(ctx context.Context, broker string, opts []rpc.ConnOption) (*rpc.Conn, error) {
+	addr := brokerAddr(broker)
+	if addr == "" {
+		return rpc.Dial(ctx, broker, opts...)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var refused atomic.Pointer[refusedError]
+	probed := make(chan struct{})
+	probe := time.AfterFunc(probeAfter, func() {
+		defer close(probed)
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = c.Close()
+			return
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			refused.Store(&refusedError{addr: addr})
+			cancel()
+		}
+	})
+	conn, err := rpc.Dial(ctx, broker, opts...)
+	if !probe.Stop() {
+		<-probed // it ran, or runs now: at most a second
+	}
+	if r := refused.Load(); r != nil && err != nil {
+		return nil, r
+	}
+	return conn, err
+}
+
+// brokerAddr is the TCP address of a plain or TLS broker URL, its default
+// port filled in; "" for WebSocket URLs and what does not parse (Dial
+// says what is wrong with it).
+func brokerAddr(broker string) string {
+	u, err := url.Parse(broker)
+	if err != nil || u.Hostname() == "" {
+		return ""
+	}
+	port := u.Port()
+	if port == "" {
+		switch u.Scheme {
+		case "mqtt", "tcp":
+			port = "1883"
+		case "mqtts", "ssl", "tls":
+			port = "8883"
+		default:
+			return ""
+		}
+	} else if u.Scheme != "mqtt" && u.Scheme != "tcp" && u.Scheme != "mqtts" && u.Scheme != "ssl" && u.Scheme != "tls" {
+		return ""
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // tlsConfig reads --cacert, --cert and --key.

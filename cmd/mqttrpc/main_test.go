@@ -196,6 +196,18 @@ func TestCLI(t *testing.T) {
 		if want := "{\n  \"bytes\": \"5\"\n}\n"; r.stdout != want {
 			t.Errorf("client stream: stdout %q, want %q", r.stdout, want)
 		}
+		// With -d, the stream's messages are -d's, even '{}' (one empty
+		// chunk), and stdin is not read.
+		for _, tc := range []struct{ data, want string }{
+			{`{}`, "{}\n"},
+			{`{"data":"AwQ="}`, "{\n  \"bytes\": \"2\"\n}\n"},
+		} {
+			r = runCLI(t, "{\"data\":\"AAEC\"}\n", append(schema, "call", "-t", dev1, "-d", tc.data, "mqttrpctest.stream.v1.Transfer/Upload")...)
+			r.want(t, 0)
+			if r.stdout != tc.want {
+				t.Errorf("client stream with -d %s: stdout %q, want %q", tc.data, r.stdout, tc.want)
+			}
+		}
 
 		r = runCLI(t, "{\"seq\":1,\"text\":\"a\"}\n{\"seq\":10,\"text\":\"b\"}\n", append(schema, "call", "-t", dev2, "mqttrpctest.stream.v1.Transfer/Sync")...)
 		r.want(t, 0)
@@ -531,6 +543,9 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"--proto", greeterProto, "call", "-t", "x", "--token", "novalue", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "--token \"novalue\": want name=value"},
 		{[]string{"--proto", "missing.proto", "describe"}, "--proto"},
 		{[]string{"--broker", "mqtt://127.0.0.1:1", "--connect-timeout", "100ms", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "is it running? set --broker"},
+		// A refused port fails at once, not after --connect-timeout:
+		// otherwise this case would end after 30 s with Dial's timeout.
+		{[]string{"--broker", "mqtt://127.0.0.1:1", "--connect-timeout", "30s", "list"}, "nothing listens on 127.0.0.1:1 (connection refused; is it running? set --broker"},
 		{[]string{"--broker", "127.0.0.1:1883", "--proto", greeterProto, "call", "-t", "x", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "check --broker: a URL such as mqtt://"},
 		{[]string{"--proto", greeterProto, "call", "-bogus", "mqttrpctest.greeter.v1.Greeter/SayHello"}, "flag provided but not defined: -bogus"},
 	} {
