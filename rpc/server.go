@@ -95,6 +95,10 @@ type service struct {
 	methods   map[string]*method
 	templates []*TopicTemplate // distinct templates of the methods
 	filters   []string         // subscription filters
+	// own are those of filters that name this server alone (its ID, or
+	// every target of a gateway): a stream's client messages come there,
+	// so Shutdown keeps them until the handlers have returned.
+	own map[string]bool
 }
 
 type method struct {
@@ -251,8 +255,13 @@ func (s *Server) RegisterService(desc *ServiceDesc, impl any, opts ...ServiceOpt
 			panic(fmt.Sprintf("rpc: RegisterService %s: %v", desc.ServiceName, err))
 		}
 	}
+	svc.own = map[string]bool{}
 	for _, t := range svc.templates {
-		svc.filters = append(svc.filters, s.filtersFor(svc, t)...)
+		filters, own := s.filtersFor(svc, t)
+		svc.filters = append(svc.filters, filters...)
+		for _, f := range own {
+			svc.own[f] = true
+		}
 	}
 
 	s.mu.Lock()
@@ -268,19 +277,21 @@ func (s *Server) RegisterService(desc *ServiceDesc, impl any, opts ...ServiceOpt
 	s.services = append(s.services, svc)
 }
 
-// filtersFor returns the subscription filters of one template of a service.
-func (s *Server) filtersFor(svc *service, t *TopicTemplate) []string {
+// filtersFor returns the subscription filters of one template of a
+// service, and those of them that name this server alone.
+func (s *Server) filtersFor(svc *service, t *TopicTemplate) (filters, own []string) {
 	v := topicValues{service: svc.desc.ServiceName, custom: svc.tokens}
-	var filters []string
-	add := func(target string) {
+	add := func(target string) string {
 		v.target = target
-		filters = append(filters, t.filter(&v))
+		f := t.filter(&v)
+		filters = append(filters, f)
+		return f
 	}
 	switch {
 	case s.cfg.gateway:
-		add("")
+		own = append(own, add(""))
 	case s.cfg.serverID != "":
-		add(s.cfg.serverID)
+		own = append(own, add(s.cfg.serverID))
 		if !s.cfg.noBroadcast {
 			add(TargetAll)
 		}
@@ -289,7 +300,7 @@ func (s *Server) filtersFor(svc *service, t *TopicTemplate) []string {
 		v.target = TargetAny
 		filters = append(filters, "$share/"+s.cfg.shareGroup+"/"+t.filter(&v))
 	}
-	return filters
+	return filters, own
 }
 
 // Start validates the configuration, subscribes to the services' topics and
@@ -368,9 +379,14 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Shutdown marks the server offline in its connection's presence record
 // (and waits for that to be published, bounded by ctx), stops taking
-// calls, unsubscribes, and waits for running handlers to finish. Requests that arrive meanwhile are answered Unavailable, so
-// their callers may retry elsewhere. If ctx ends first, the remaining
-// handlers' contexts are cancelled and ctx's error is returned.
+// calls, leaves its share group and broadcasts, waits for running
+// handlers to finish, and then unsubscribes from its own topics, which
+// carry the client messages of its running streams. Requests that arrive
+// meanwhile are answered Unavailable, so their callers may retry
+// elsewhere. If ctx ends first, the remaining handlers' contexts are
+// cancelled, Shutdown waits up to a second for them to return (so that
+// each stream's final message, Unavailable, goes out before the Conn is
+// closed), and ctx's error is returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.shutDown || !s.started {
@@ -380,9 +396,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.stopTakingCalls()
-	var filters []string
+	// The share group's and broadcasts' subscriptions go first, so that
+	// the broker hands new calls to the group's other members; this
+	// server's own topics stay until its handlers have returned, as the
+	// client messages of its running streams (data, credit, half-close,
+	// cancel) come there. New requests meanwhile are answered Unavailable.
+	var shared, own []string
 	for _, svc := range s.services {
-		filters = append(filters, svc.filters...)
+		for _, f := range svc.filters {
+			if svc.own[f] {
+				own = append(own, f)
+			} else {
+				shared = append(shared, f)
+			}
+		}
 	}
 	s.mu.Unlock()
 	// Offline first, so that callers stop sending before the server stops
@@ -399,7 +426,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 
-	unsubErr := s.conn.unsubscribe(ctx, filters)
+	var unsubErr error
+	if len(shared) > 0 {
+		unsubErr = s.conn.unsubscribe(ctx, shared)
+	}
 	var err error
 	select {
 	case <-idle:
@@ -407,6 +437,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// Handlers that ignore their context finish on their own; each
 		// still answers or drops its request.
 		err = ctx.Err()
+	}
+	if len(own) > 0 {
+		uctx := ctx
+		if err != nil {
+			// ctx has ended: unsubscribing must not fail for that.
+			var cancel context.CancelFunc
+			uctx, cancel = context.WithTimeout(context.Background(), shutdownGrace)
+			defer cancel()
+		}
+		if e := s.conn.unsubscribe(uctx, own); unsubErr == nil {
+			unsubErr = e
+		}
 	}
 	if unsubErr != nil && err == nil && s.conn.ctx.Err() == nil {
 		// The broker still delivers requests: keep answering them
@@ -419,8 +461,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	remove := s.removeRoute
 	s.mu.Unlock()
 	s.stopAll()
+	if err != nil {
+		// The handlers' contexts have ended: give those that heed it a
+		// moment to return, so that their streams' final messages
+		// (Unavailable) go out before the caller closes the Conn.
+		grace := time.NewTimer(shutdownGrace)
+		select {
+		case <-idle:
+		case <-grace.C:
+		}
+		grace.Stop()
+	}
 	remove()
 	s.early.close()
 	s.chunks.close()
 	return err
 }
+
+// shutdownGrace bounds how long Shutdown waits, once its context has
+// ended, for the handlers it cancelled to return, and for unsubscribing.
+const shutdownGrace = time.Second
