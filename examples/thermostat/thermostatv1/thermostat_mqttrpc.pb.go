@@ -54,7 +54,8 @@ type ThermostatClient interface {
 	BroadcastSetTarget(ctx context.Context, req *SetTargetRequest, opts ...rpc.CallOption) iter.Seq[rpc.Reply[SetTargetResponse]]
 	// WatchReadings streams the device's readings: the current one at once,
 	// then one per interval as the temperature moves towards the target;
-	// count readings in all, or until the caller cancels when count is 0.
+	// count readings in all, or when count is 0 until the caller cancels or
+	// the stream's deadline passes.
 	WatchReadings(ctx context.Context, req *WatchReadingsRequest, opts ...rpc.CallOption) (rpc.ServerStreamingClient[Reading], error)
 }
 
@@ -136,7 +137,8 @@ type ThermostatServer interface {
 	SetTarget(ctx context.Context, req *SetTargetRequest) (*SetTargetResponse, error)
 	// WatchReadings streams the device's readings: the current one at once,
 	// then one per interval as the temperature moves towards the target;
-	// count readings in all, or until the caller cancels when count is 0.
+	// count readings in all, or when count is 0 until the caller cancels or
+	// the stream's deadline passes.
 	WatchReadings(ctx context.Context, req *WatchReadingsRequest, stream rpc.ServerStreamingServer[Reading]) error
 }
 
