@@ -329,19 +329,35 @@ func (a *app) stream(ctx context.Context, s *schema, m protoreflect.MethodDescri
 		}
 		sendErr <- nil
 	}
+	// -v: the headers once the first message came; a stream that ends
+	// before any has them in its final message, with the trailers.
+	headersShown := false
+	trailers := func() {
+		if headersShown {
+			a.printMetadata("trailers", stream.Trailer())
+		} else {
+			a.printMetadata("response metadata and trailers", stream.Trailer())
+		}
+	}
 	for {
 		resp := dynamicpb.NewMessage(m.Output())
 		err := stream.RecvMsg(resp)
 		if errors.Is(err, io.EOF) {
-			a.printMetadata("trailers", stream.Trailer())
+			trailers()
 			return <-sendErr
 		}
 		if err != nil {
-			a.printMetadata("trailers", stream.Trailer())
+			trailers()
 			if serr := <-sendErr; serr != nil && rpc.CodeOf(err) == rpc.Canceled {
 				return serr
 			}
 			return asFailure(err)
+		}
+		if !headersShown {
+			headersShown = true
+			if md, err := stream.Header(); err == nil {
+				a.printMetadata("response metadata", md)
+			}
 		}
 		// A server's many messages one per line; a client stream's one
 		// answer as a unary call's.

@@ -70,11 +70,13 @@ func (transfer) Watch(ctx context.Context, req *streamv1.WatchRequest, stream rp
 			}
 		}
 	}
+	stream.SetHeader(rpc.Metadata{"x-watch": {"h"}})
 	for i := range int64(3) {
 		if err := stream.Send(&streamv1.Event{Seq: i, Text: req.GetFilter()}); err != nil {
 			return err
 		}
 	}
+	stream.SetTrailer(rpc.Metadata{"x-done": {"t"}})
 	return nil
 }
 
@@ -189,6 +191,13 @@ func TestCLI(t *testing.T) {
 		r.want(t, 0)
 		if want := "{\"text\":\"f\"}\n{\"seq\":\"1\",\"text\":\"f\"}\n{\"seq\":\"2\",\"text\":\"f\"}\n"; r.stdout != want {
 			t.Errorf("server stream: stdout %q, want %q", r.stdout, want)
+		}
+
+		// -v prints a stream's headers, then its trailers.
+		r = runCLI(t, "", append(append([]string{"-v"}, schema...), "call", "-t", dev1, "-d", `{"filter":"f"}`, "mqttrpctest.stream.v1.Transfer/Watch")...)
+		r.want(t, 0)
+		if want := "response metadata:\n  x-watch: h\ntrailers:\n  x-done: t\n"; r.stderr != want {
+			t.Errorf("server stream with -v: stderr %q, want %q", r.stderr, want)
 		}
 
 		r = runCLI(t, "{\"data\":\"AAEC\"}\n\n{\"data\":\"AwQ=\"}\n", append(schema, "call", "-t", dev1, "mqttrpctest.stream.v1.Transfer/Upload")...)
@@ -601,6 +610,21 @@ func TestCLIReflection(t *testing.T) {
 		r.want(t, 0)
 		if want := "{\n  \"greeting\": \"hello ada from " + dev + " \"\n}\n"; r.stdout != want {
 			t.Errorf("call by reflection: stdout %q, want %q", r.stdout, want)
+		}
+		// -t names a server: its own services only, and no note about
+		// the schemas of services it does not serve.
+		greeterOnly := rpctest.UniqueID("greeter-only")
+		conn := rpctest.Dial(t, b.URL, rpc.WithClientID(rpctest.UniqueID(greeterOnly)))
+		srv := rpc.NewServer(conn, rpc.WithServerID(greeterOnly))
+		greeterv1.RegisterGreeterServer(srv, greeter{id: greeterOnly})
+		if err := srv.Start(rpctest.Context(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+		r = runCLI(t, "", append(broker, "describe", "-t", greeterOnly)...)
+		r.want(t, 0)
+		if !strings.Contains(r.stdout, "mqttrpctest.greeter.v1.Greeter is a service:") || strings.Contains(r.stdout, "Transfer") || r.stderr != "" {
+			t.Errorf("describe -t %s: stdout %q, stderr %q; want Greeter alone and no note", greeterOnly, r.stdout, r.stderr)
 		}
 		r = runCLI(t, "", append(broker, "call", "-t", dev, "-d", `{"filter":"f"}`, "mqttrpctest.stream.v1.Transfer/Watch")...)
 		r.want(t, 0)

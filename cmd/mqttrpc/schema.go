@@ -117,8 +117,13 @@ func (a *app) reflectSchema(ctx context.Context, want schemaWanted) (*schema, er
 		}
 	}
 	if services == nil {
+		target, known := fleet.Server(want.target)
 		for svc := range announced {
-			services = append(services, svc)
+			// A target's own services only (-t): the others' schemas are
+			// not what the command asks about.
+			if want.target == "" || !known || serves(target, svc) {
+				services = append(services, svc)
+			}
 		}
 		slices.Sort(services)
 	}
@@ -134,7 +139,7 @@ func (a *app) reflectSchema(ctx context.Context, want schemaWanted) (*schema, er
 		if version := announcedBy(fleet, want.target, svc); version != "" {
 			set, err = rpc.FetchSchema(ctx, conn, svc, version)
 		} else {
-			if _, known := fleet.Server(want.target); known && want.target != "" {
+			if si, known := fleet.Server(want.target); known && want.target != "" && serves(si, svc) {
 				fmt.Fprintf(a.stderr, "mqttrpc: note: %s announces no schema of %s; using the one most online servers announce (give --proto FILE for %s's own)\n", want.target, svc, want.target)
 			}
 			set, err = fleet.Schema(ctx, svc)
@@ -165,6 +170,16 @@ func announcedBy(fleet *rpc.Fleet, id, service string) string {
 		}
 	}
 	return ""
+}
+
+// serves reports whether si serves service.
+func serves(si rpc.ServerInfo, service string) bool {
+	for _, svc := range si.Services {
+		if svc.Name == service {
+			return true
+		}
+	}
+	return false
 }
 
 // registerWithImports adds fd and, first, the files it imports.
