@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,10 +46,18 @@ type callFlags struct {
 }
 
 func (c *callFlags) register(fs *flag.FlagSet, unicast bool) {
+	c.qos = -1 // the method's, unless -qos says otherwise
 	if unicast {
 		fs.StringVar(&c.target, "t", "", "the `ID` of the server to call")
 		fs.BoolVar(&c.any, "any", false, "call any one server of the service's share group (target _any)")
-		fs.IntVar(&c.qos, "qos", -1, "QoS `0|1|2` of the request (default: the method's, 1 unless its proto option says otherwise)")
+		fs.Func("qos", "QoS `0|1|2` of the request (default: the method's, 1 unless its proto option says otherwise)", func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 2 {
+				return fmt.Errorf("want 0, 1 or 2")
+			}
+			c.qos = n
+			return nil
+		})
 	}
 	fs.StringVar(&c.data, "d", "", "the request as JSON, @FILE to read it from a file, @- from stdin (default {}); for a client stream, JSON objects one per line (default: stdin)")
 	fs.Var(&c.headers, "H", "request metadata `key=value` (repeatable)")
