@@ -346,10 +346,10 @@ func (st *serverStream) receive(p *paho.Publish) {
 	if sp.ack >= 0 {
 		st.out.ack(sp.ack)
 	}
-	if sp.resume && sp.ack >= 0 {
+	if sp.resume {
 		// The caller reconnected: it missed what we sent meanwhile, and
 		// our credit.
-		from := sp.ack
+		from := max(sp.ack, 0) // absent: it has nothing
 		st.spawn(func() {
 			st.resend(st.env.message(st.expiry(), creditProps(st.grantedCredit(), st.received(), st.target), nil), from)
 		})
@@ -420,7 +420,6 @@ func (st *serverStream) Send(msg any) error {
 	}
 	p := st.env.message(st.expiry(), user, payload)
 	if limit := st.s.conn.packetLimit(); !fits(p, limit) {
-		st.out.skip(st.sendSeq) // not kept for resending (docs/protocol.md, "Resuming a stream")
 		return st.sendChunks(p, limit)
 	}
 	st.out.add(st.sendSeq, p)
@@ -431,12 +430,14 @@ func (st *serverStream) Send(msg any) error {
 
 // sendChunks sends data message p, which does not fit limit, in chunks
 // (docs/protocol.md, "Chunking"); it counts as sent once every chunk is
-// on its way.
+// on its way. It is kept whole for resending, and split again then by
+// the limit of that time (docs/protocol.md, "Resuming a stream").
 func (st *serverStream) sendChunks(p *paho.Publish, limit int) error {
 	chunks, err := splitIntoChunks(p, limit)
 	if err != nil {
 		return err
 	}
+	st.out.add(st.sendSeq, p)
 	for _, chunk := range chunks {
 		if err := st.publishAsync(chunk); err != nil {
 			return err
