@@ -208,8 +208,9 @@ func (st *clientStream) spawn(f func()) { spawnUnlessEnded(&st.mu, &st.ended, &s
 
 // reconnected resumes the stream on the Conn's new connection: once its
 // subscriptions are back, the open again if the server has not answered
-// yet, else a resume message (the server resends what it sent meanwhile)
-// and what the server has not acknowledged.
+// yet, and a resume message (the server resends what it sent meanwhile,
+// its final message included), then what the server has not
+// acknowledged.
 func (st *clientStream) reconnected() {
 	st.spawn(func() {
 		if st.client.conn.waitReady(st.ctx) != nil {
@@ -219,12 +220,17 @@ func (st *clientStream) reconnected() {
 		accepted, open := st.gotFirst, st.openMsg
 		st.mu.Unlock()
 		if !accepted {
-			if open != nil {
-				if err := st.client.conn.publish(st.ctx, open); err != nil {
-					st.client.logger.Debug("mqttrpc: publishing a stream's open again failed", "topic", open.Topic, "error", err)
-				}
+			if open == nil {
+				return // not opened yet: Send publishes the open
 			}
-			return
+			// The server may never have had the open, or have it, be
+			// done with it, and keep what the caller missed (a copy of
+			// the open starts nothing there): the open, then a resume
+			// without acknowledgement.
+			if err := resendOne(st.ctx, st.resender(), open); err != nil {
+				st.client.logger.Debug("mqttrpc: publishing a stream's open again failed", "topic", open.Topic, "error", err)
+				return
+			}
 		}
 		st.resend(st.message(resumeProps(st.recv.credit(), st.recv.received(), ""), nil), 0)
 	})
@@ -266,10 +272,11 @@ func (st *serverStream) spawn(f func()) { spawnUnlessEnded(&st.mu, &st.ended, &s
 
 // reconnected resumes the stream on the server's new connection: a
 // resume message, so that the caller resends what it sent meanwhile and
-// learns our credit, then what the caller has not acknowledged.
+// learns our credit, then what the caller has not acknowledged (after
+// the handler returned, the final message with it).
 func (st *serverStream) reconnected() {
 	st.spawn(func() {
-		if st.s.conn.waitReady(st.ctx) != nil {
+		if st.s.conn.waitReady(st.pctx) != nil {
 			return
 		}
 		st.resend(st.env.message(st.expiry(), resumeProps(st.grantedCredit(), st.received(), st.target), nil), 0)
@@ -280,7 +287,7 @@ func (st *serverStream) reconnected() {
 // message no longer kept, ends the stream with DataLoss by its liveness.
 func (st *serverStream) resend(first *paho.Publish, from int64) {
 	rs := resender{publish: st.s.publish, limit: st.s.conn.packetLimit, logger: st.s.cfg.logger}
-	if resendFrom(st.ctx, rs, &st.out, first, from, st.expiry()) {
+	if resendFrom(st.pctx, rs, &st.out, first, from, st.expiry()) {
 		st.s.cfg.logger.Warn("mqttrpc: stream messages the caller lost are no longer kept; it will see DataLoss", "topic", st.env.topic, "from", from)
 	}
 }
