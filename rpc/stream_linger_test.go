@@ -315,3 +315,52 @@ func TestStreamFinalLostByBroker(t *testing.T) {
 		})
 	}
 }
+
+// A copy of the open of a lingering stream starts no second handler, even
+// when the deduplication of requests has evicted the open's entry (a
+// cache of one entry here, taken by another stream meanwhile): the caller,
+// whose stream had no answer yet, publishes its open again after its
+// reconnection, and gets the first handler's status.
+func TestStreamLingeringOpenCopyStartsNothing(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		proxy := rpctest.NewProxy(t, b.url)
+		started, proceed := make(chan struct{}), make(chan struct{})
+		var handlers atomic.Int64
+		svc := &streamService{count: func(ctx context.Context, req *wrapperspb.Int64Value, stream rpc.ServerStreamingServer[wrapperspb.Int64Value]) error {
+			if req.GetValue() == 0 {
+				return nil // the other stream
+			}
+			if handlers.Add(1) == 1 {
+				close(started)
+			}
+			<-proceed
+			return rpc.Errorf(rpc.NotFound, "the thing is gone")
+		}}
+		id := uniqueID("dev")
+		startStreamServer(t, b.url, svc, rpc.WithServerID(id), rpc.WithDedupLimits(1, 1<<20))
+		client := rpc.NewClient(dial(t, proxy.URL(), rpc.WithClientID(uniqueID("caller"))), rpc.WithStreamKeepalive(2*time.Second))
+		t.Cleanup(func() { _ = client.Close(context.Background()) })
+		observer := newObserver(t, b.url, client.ResponseTopic())
+
+		stream := openCount(t, shortCtx(t, time.Minute), client, 1, rpc.To(id))
+		wait(t, started, "the handler")
+		proxy.Refuse(true)
+		proxy.CutAll()
+		close(proceed)
+		observer.until(t, "the final message", isFinal)
+		// Another stream's open takes the one entry of the cache.
+		other := newClient(t, b.url)
+		if n, err := receiveAll(t, openCount(t, shortCtx(t, time.Minute), other, 0, rpc.To(id))); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("the other stream: %d messages, %v", n, err)
+		}
+		proxy.Refuse(false)
+
+		_, err := stream.Recv()
+		if e := wantCode(t, err, rpc.NotFound); e.Message() != "the thing is gone" {
+			t.Fatalf("end of the stream: %v", err)
+		}
+		if h := handlers.Load(); h != 1 {
+			t.Errorf("%d handlers ran for one stream", h)
+		}
+	})
+}
