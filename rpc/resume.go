@@ -227,7 +227,12 @@ func (st *clientStream) reconnected() {
 			// done with it, and keep what the caller missed (a copy of
 			// the open starts nothing there): the open, then a resume
 			// without acknowledgement.
-			if err := resendOne(st.ctx, st.resender(), open); err != nil {
+			if st.cc.target == TargetAny && !fits(open, st.client.conn.packetLimit()) {
+				// The limit fell since: a share group would deal the
+				// chunks out to several servers (docs/protocol.md,
+				// "Chunking"). The resume alone may still reach the one.
+				st.client.logger.Debug("mqttrpc: a stream's open to _any no longer fits the broker's Maximum Packet Size; not published again", "topic", open.Topic)
+			} else if err := resendOne(st.ctx, st.resender(), open); err != nil {
 				st.client.logger.Debug("mqttrpc: publishing a stream's open again failed", "topic", open.Topic, "error", err)
 				return
 			}
