@@ -131,7 +131,15 @@ func (r *reassembly) add(key chunkKey, p *paho.Publish, h chunkHeader, now, expi
 		return chunkResult{outcome: chunkDropped}
 	}
 	if err := m.check(h, int64(len(p.Payload))); err != nil {
-		return r.refuse(key, m, remember, expires, DropBadChunk, err)
+		// A stream message sent again after a reconnection is split by
+		// the sender's limit then: its chunks may have another layout
+		// (docs/protocol.md, "Reassembly").
+		if !r.relayout(key, m, h) {
+			return r.refuse(key, m, remember, expires, DropBadChunk, err)
+		}
+		if err := m.check(h, int64(len(p.Payload))); err != nil {
+			return r.refuse(key, m, remember, expires, DropBadChunk, err)
+		}
 	}
 	word, bit := h.index/64, uint64(1)<<(h.index%64)
 	if m.have[word]&bit != 0 {
@@ -193,6 +201,22 @@ func (m *partialMessage) check(h chunkHeader, n int64) *Error {
 		return Errorf(InvalidArgument, "malformed chunk: chunk %d of %d has %d bytes, not %d", h.index, m.count, n, want)
 	}
 	return nil
+}
+
+// relayout starts stream message m of key again in the layout of chunk
+// h, which contradicts what m holds, when h could be a chunk of the same
+// message split at another limit: a stream message's chunk of the same
+// size, with a count that fits it. What m holds is dropped: the sender
+// sends every chunk of a message it sends again. r.mu is held.
+func (r *reassembly) relayout(key chunkKey, m *partialMessage, h chunkHeader) bool {
+	if key.seq < 0 || !h.valid || h.size != m.size || h.count < 1 || h.count > h.size || h.index < 0 || h.index >= h.count {
+		return false
+	}
+	words := (h.count + 63) / 64
+	cost := m.size + 8*words + chunkEntryCost
+	r.held += cost - m.cost
+	m.count, m.length, m.have, m.got, m.first, m.cost = h.count, 0, make([]uint64, words), 0, nil, cost
+	return true
 }
 
 // insert files a new entry and arms its expiry. r.mu is held.

@@ -229,3 +229,80 @@ func TestReassemblyExpires(t *testing.T) {
 		t.Errorf("%d bytes held after expiry", n)
 	}
 }
+
+// A stream message sent again after a reconnection may be split at
+// another limit (docs/protocol.md, "Reassembly"): the receiver drops the
+// chunks it holds of the first layout and puts the message together from
+// the second alone. A request's chunks are held to the first layout.
+func TestReassembleStreamMessageInAnotherLayout(t *testing.T) {
+	expiry := uint32(30)
+	payload := make([]byte, 5000)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	p := &paho.Publish{QoS: 1, Topic: "mqttrpc/responses/c", Payload: payload, Properties: &paho.PublishProperties{
+		CorrelationData: []byte("0123456789abcdef"), MessageExpiry: &expiry, User: paho.UserProperties{{Key: propSeq, Value: "3"}},
+	}}
+	first, err := splitIntoChunks(p, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := splitIntoChunks(p, 700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first) == len(second) {
+		t.Fatalf("both limits make %d chunks", len(first))
+	}
+	add := func(r *reassembly, seq int64, c *paho.Publish) chunkResult {
+		return r.add(chunkKey{call: "c", seq: seq}, c, readChunk(c), time.Now(), time.Now().Add(time.Minute), seq < 0)
+	}
+	r := newReassembly(len(payload), 0, "test")
+	for _, c := range first[:len(first)-1] { // all but one came before the drop
+		if res := add(r, 3, c); res.outcome != chunkKept {
+			t.Fatalf("first layout: outcome %v", res.outcome)
+		}
+	}
+	var whole *paho.Publish
+	for i := len(second) - 1; i >= 0; i-- { // sent again, in another order
+		switch res := add(r, 3, second[i]); res.outcome {
+		case chunkComplete:
+			if i != 0 {
+				t.Fatalf("complete at chunk %d of the second layout, before all of it came", i)
+			}
+			whole = res.message
+		case chunkKept:
+		default:
+			t.Fatalf("second layout, chunk %d: outcome %v (%v)", i, res.outcome, res.err)
+		}
+	}
+	if whole == nil || !bytes.Equal(whole.Payload, payload) {
+		t.Fatal("the message sent again in another layout did not come back whole")
+	}
+	if h := r.heldBytes(); h != 0 {
+		t.Errorf("%d bytes held after completion", h)
+	}
+
+	// A request (no stream message) in two layouts is malformed.
+	r = newReassembly(len(payload), 0, "test")
+	if res := add(r, -1, first[0]); res.outcome != chunkKept {
+		t.Fatalf("request, first layout: outcome %v", res.outcome)
+	}
+	if res := add(r, -1, second[1]); res.outcome != chunkRefused {
+		t.Fatalf("request, second layout: outcome %v, want refused", res.outcome)
+	}
+	// A stream message's chunk of another size is malformed too.
+	r = newReassembly(len(payload)+1, 0, "test")
+	other := *p
+	other.Payload = append(payload[:len(payload):len(payload)], 0)
+	bigger, err := splitIntoChunks(&other, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := add(r, 3, first[0]); res.outcome != chunkKept {
+		t.Fatalf("outcome %v", res.outcome)
+	}
+	if res := add(r, 3, bigger[1]); res.outcome != chunkRefused {
+		t.Fatalf("a chunk of another size: outcome %v, want refused", res.outcome)
+	}
+}

@@ -52,7 +52,8 @@ type Server struct {
 	shutDown  bool          // Shutdown finished: the route is removed
 
 	streamsMu sync.Mutex
-	streams   map[string]*serverStream // running streams by dedupKey, for their client's messages
+	streams   map[string]*serverStream // running and lingering streams by dedupKey, for their client's messages
+	lingering lingerSet                // streams kept after their handler returned (stream_linger.go)
 
 	fleet serverFleet // presence, health and labels (health.go)
 }
@@ -472,6 +473,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		grace.Stop()
 	}
+	s.dropLingering()
 	remove()
 	s.early.close()
 	s.chunks.close()

@@ -404,7 +404,6 @@ func (st *clientStream) Send(msg any) error {
 	}
 	p := st.message(dataProps(st.sendSeq, 0), payload)
 	if limit := st.client.conn.packetLimit(); !fits(p, limit) {
-		st.out.skip(st.sendSeq) // not kept for resending (docs/protocol.md, "Resuming a stream")
 		return st.sendChunks(p, limit)
 	}
 	st.out.add(st.sendSeq, p)
@@ -415,12 +414,14 @@ func (st *clientStream) Send(msg any) error {
 
 // sendChunks sends data message p, which does not fit limit, in chunks
 // (docs/protocol.md, "Chunking"); it counts as sent once every chunk is
-// on its way.
+// on its way. It is kept whole for resending, and split again then by
+// the limit of that time (docs/protocol.md, "Resuming a stream").
 func (st *clientStream) sendChunks(p *paho.Publish, limit int) error {
 	chunks, err := splitIntoChunks(p, limit)
 	if err != nil {
 		return err
 	}
+	st.out.add(st.sendSeq, p)
 	for _, chunk := range chunks {
 		if err := st.publishAsync(chunk); err != nil {
 			return err

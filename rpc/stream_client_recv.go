@@ -50,10 +50,10 @@ func (st *clientStream) deliverWhole(p *paho.Publish) {
 	if sp.ack >= 0 {
 		st.out.ack(sp.ack)
 	}
-	if sp.resume && sp.ack >= 0 {
+	if sp.resume {
 		// The server reconnected: it missed what we sent meanwhile, and
 		// our credit.
-		from := sp.ack
+		from := max(sp.ack, 0) // absent: it has nothing
 		st.spawn(func() { st.resend(st.message(creditProps(st.recv.credit(), st.recv.received(), ""), nil), from) })
 	}
 	if sp.sent >= 0 {

@@ -2,7 +2,8 @@ package rpc
 
 // The server's side of a stream: accepting it, running its handler,
 // routing the client's later messages to it, and the final message
-// (docs/protocol.md, "Streams").
+// (docs/protocol.md, "Streams"). After the handler, the stream may linger
+// for its caller to come back for its end (stream_linger.go).
 
 import (
 	"context"
@@ -21,30 +22,50 @@ import (
 
 // serverStream is the runtime's StreamingHandlerConn.
 type serverStream struct {
-	s      *Server
-	req    *request
-	call   *Call
-	desc   *StreamDesc
-	codec  codec.Codec
-	ctx    context.Context // the handler's
-	env    streamEnvelope  // to the caller's response topic
-	target string          // this server's ID, named on the first message of a stream to _any
-	recv   *recvQueue      // client and bidi streams
-	credit *sendCredit
-	slots  chan struct{}  // publishes in flight
-	pubs   sync.WaitGroup // publish goroutines; Add under mu while !ended
-	out    replay         // numbered messages sent, until the caller acknowledges them
-	live   *liveness      // nil when the caller asked for no keepalive
+	s     *Server
+	req   *request
+	call  *Call
+	desc  *StreamDesc
+	codec codec.Codec
+	ctx   context.Context // the handler's
+	// pctx is the stream's publishes': it lasts until the stream is
+	// dropped (after the handler, or after lingering), the caller's
+	// deadline or the server's stop.
+	pctx    context.Context
+	pcancel context.CancelFunc
+	key     string         // dedupKey of the open; "" without CorrelationData
+	env     streamEnvelope // to the caller's response topic
+	target  string         // this server's ID, named on the first message of a stream to _any
+	recv    *recvQueue     // client and bidi streams
+	credit  *sendCredit
+	slots   chan struct{}  // publishes in flight
+	hpubs   sync.WaitGroup // the handler's publish goroutines; Add under mu while !handlerDone
+	pubs    sync.WaitGroup // the others (resends, asking again); Add under mu while !ended
+	out     replay         // numbered messages sent, until the caller acknowledges them
+	live    *liveness      // nil when the caller asked for no keepalive
+	// keepalive is the caller's mqttrpc-keepalive (0: none).
+	keepalive time.Duration
+	unhook    func()        // removes the stream from the Conn's resumables; nil until the handler runs
+	dropped   chan struct{} // closed when drop has run
 	// sentCount is sendSeq for the keepalive's goroutine.
 	sentCount atomic.Int64
 	// chunked: a message of the caller came in chunks; what is left of
 	// them is dropped when the stream ends.
 	chunked atomic.Bool
 
-	mu       sync.Mutex
-	ended    bool
-	sendErr  error // a publish failed: the stream is broken
-	trailers Metadata
+	mu          sync.Mutex
+	ended       bool  // dropped: nothing more is published, pubs may be waited for
+	handlerDone bool  // the handler returned: it publishes nothing more
+	sendErr     error // a publish failed: the stream is broken
+	trailers    Metadata
+	lingering   bool        // the handler returned, the stream is kept for its caller
+	finalSeq    int64       // lingering: the final message's number
+	lingerTimer *time.Timer // lingering: drops the stream
+
+	// Under Server.streamsMu: the stream's place among the lingering.
+	lingerPrev, lingerNext *serverStream
+	lingerIn               bool
+	lingerCost             int
 
 	// The handler's goroutine's.
 	sendSeq     int64
@@ -77,16 +98,22 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 	window, keepalive := readOpen(p)
 	ctx, silenced := context.WithCancelCause(ctx)
 	defer silenced(nil)
+	pctx, pcancel := context.WithDeadline(s.baseCtx, req.callerDeadline)
 	st := &serverStream{
-		s:      s,
-		req:    req,
-		call:   call,
-		desc:   desc,
-		codec:  cd,
-		ctx:    ctx,
-		env:    streamEnvelope{qos: p.QoS, topic: props.ResponseTopic, correlationData: props.CorrelationData, contentType: responseContentType(cd)},
-		credit: newSendCredit(window, s.cfg.onCreditWait),
-		slots:  make(chan struct{}, maxInflightPublishes),
+		s:         s,
+		req:       req,
+		call:      call,
+		desc:      desc,
+		codec:     cd,
+		ctx:       ctx,
+		pctx:      pctx,
+		pcancel:   pcancel,
+		key:       key,
+		keepalive: keepalive,
+		env:       streamEnvelope{qos: p.QoS, topic: props.ResponseTopic, correlationData: props.CorrelationData, contentType: responseContentType(cd)},
+		credit:    newSendCredit(window, s.cfg.onCreditWait),
+		slots:     make(chan struct{}, maxInflightPublishes),
+		dropped:   make(chan struct{}),
 	}
 	if t := req.values.target; (t == TargetAny || t == TargetAll) && s.cfg.serverID != "" {
 		st.target = s.cfg.serverID
@@ -102,7 +129,7 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 					// The broker lost a message the caller sent: ask for it again.
 					st.spawn(func() {
 						m := st.env.message(st.expiry(), resumeProps(st.recv.credit(), st.recv.received(), st.target), nil)
-						if err := s.publish(st.ctx, m); err != nil {
+						if err := s.publish(st.pctx, m); err != nil {
 							s.cfg.logger.Debug("mqttrpc: asking for a lost stream message failed", "topic", st.env.topic, "error", err)
 						}
 					})
@@ -122,18 +149,20 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 	}
 	if key != "" {
 		s.streamsMu.Lock()
+		if s.streams[key] != nil {
+			// A copy of the open that the deduplication of requests no
+			// longer knows (it evicted the entry): the stream runs, or
+			// lingers, already.
+			s.streamsMu.Unlock()
+			s.count(DropDuplicate, p.Topic)
+			s.dedup.finishEntry(req.dedupEntry, nil)
+			req.ack()
+			st.live.close()
+			pcancel()
+			return
+		}
 		s.streams[key] = st
 		s.streamsMu.Unlock()
-		defer func() {
-			s.streamsMu.Lock()
-			if s.streams[key] == st {
-				delete(s.streams, key)
-			}
-			s.streamsMu.Unlock()
-			if st.chunked.Load() {
-				s.chunks.forget(key)
-			}
-		}()
 	}
 	// A stream holds its worker for long: its open is acknowledged now,
 	// so that it does not hold back the acknowledgements of later packets.
@@ -145,14 +174,82 @@ func (s *Server) serveStream(ctx context.Context, req *request, call *Call, cd c
 			s.count(DropResponseFailed, p.Topic)
 			s.cfg.logger.Warn("mqttrpc: accepting a stream failed", "topic", p.Topic, "error", err)
 			s.dedup.finishEntry(req.dedupEntry, nil)
-			st.live.close()
+			st.drop(true)
 			return
 		}
 	}
-	unhook := s.conn.addResumable(st)
+	st.unhook = s.conn.addResumable(st)
 	err := s.runStreamHandler(withCall(ctx, call), req.method, st)
-	st.finish(err)
-	unhook()
+	st.end(err)
+}
+
+// end ends the stream after its handler returned: the final message,
+// then the stream lingers for its caller (stream_linger.go), or is
+// dropped.
+func (st *serverStream) end(handlerErr error) {
+	st.mu.Lock()
+	st.handlerDone = true
+	st.mu.Unlock()
+	// The keepalive ends with the handler: a lingering stream answers
+	// its caller's instead.
+	st.live.close()
+	if st.recv != nil {
+		st.recv.fail(Errorf(FailedPrecondition, "the stream's handler returned"))
+	}
+	if st.finish(handlerErr) {
+		// What the handler sent goes out before its worker is free, as
+		// for a stream that does not linger.
+		st.hpubs.Wait()
+		if st.linger() {
+			return
+		}
+	}
+	// Nobody listens when the handler's context ended (the caller
+	// cancelled, went silent, the deadline passed, shutdown gave up);
+	// else the last messages go out before the stream is dropped.
+	st.drop(st.ctx.Err() != nil)
+}
+
+// drop ends the stream for good: it stops routing the caller's messages
+// to it and resuming it, and waits for its publishes, cancelled first
+// when cancelFirst. It may be called more than once, from the handler's
+// goroutine, the linger timer or Shutdown; each call returns once the
+// stream is dropped.
+func (st *serverStream) drop(cancelFirst bool) {
+	st.mu.Lock()
+	if st.ended {
+		st.mu.Unlock()
+		<-st.dropped
+		return
+	}
+	st.ended = true
+	timer := st.lingerTimer
+	st.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+	}
+	if cancelFirst {
+		st.pcancel()
+	}
+	st.hpubs.Wait()
+	st.pubs.Wait()
+	st.pcancel()
+	s := st.s
+	if st.key != "" {
+		s.streamsMu.Lock()
+		if s.streams[st.key] == st {
+			delete(s.streams, st.key)
+		}
+		s.lingering.remove(st)
+		s.streamsMu.Unlock()
+		if st.chunked.Load() {
+			s.chunks.forget(st.key)
+		}
+	}
+	if st.unhook != nil {
+		st.unhook()
+	}
+	close(st.dropped)
 }
 
 // runStreamHandler calls the handler and turns a panic into Internal.
@@ -170,22 +267,23 @@ func (s *Server) runStreamHandler(ctx context.Context, m *method, st *serverStre
 	return err
 }
 
-// finish ends the stream after its handler returned: the final message
-// goes out unless the caller cancelled, the server's cap already
-// answered, or the deadline passed; then the stream's publishes are
-// waited for.
-func (st *serverStream) finish(handlerErr error) {
+// finish sends the final message after the handler returned, unless the
+// caller cancelled, the server's cap already answered, or the deadline
+// passed. It reports whether the final message is kept for resending:
+// it was published, or failed only because the connection was down or
+// the caller had no subscription (docs/protocol.md, "After the handler
+// returns").
+func (st *serverStream) finish(handlerErr error) (kept bool) {
 	s, req, p := st.s, st.req, st.req.publish
-	defer st.wait()
 	if s.dedup.finishEntry(req.dedupEntry, nil) {
-		return // cancelled: nobody waits for the end
+		return false // cancelled: nobody waits for the end
 	}
 	if !req.answered.CompareAndSwap(false, true) {
-		return // the server's cap answered DeadlineExceeded
+		return false // the server's cap answered DeadlineExceeded
 	}
 	if time.Until(req.callerDeadline) <= 0 {
 		s.drop(DropExpired, p.Topic, "the stream's deadline passed before it ended")
-		return
+		return false
 	}
 	st.mu.Lock()
 	sendErr := st.sendErr
@@ -193,7 +291,7 @@ func (st *serverStream) finish(handlerErr error) {
 	st.mu.Unlock()
 	if sendErr != nil {
 		s.count(DropResponseFailed, p.Topic)
-		return // a message is missing: the caller sees the stream stall, then its deadline
+		return false // a message is missing: the caller sees the stream stall, then its deadline
 	}
 	if cause := context.Cause(st.ctx); st.ctx.Err() != nil {
 		if e := new(Error); errors.As(cause, &e) {
@@ -242,12 +340,23 @@ func (st *serverStream) finish(handlerErr error) {
 		why := Errorf(ResourceExhausted, "the stream's final message (status, message, headers and trailers) does not fit the broker's Maximum Packet Size of %d bytes", limit)
 		final = st.env.message(st.expiry(), finalProps(st.sendSeq, why, target, nil), nil)
 	}
+	// Kept before it is published: a resume that comes meanwhile sends it
+	// too.
+	st.mu.Lock()
+	st.finalSeq = st.sendSeq
+	st.mu.Unlock()
+	st.out.add(st.sendSeq, final)
 	if err := s.publish(ctx, final); err != nil {
+		if CodeOf(err) == Unavailable {
+			s.cfg.logger.Debug("mqttrpc: the end of a stream was not published; it is kept for the caller's resumption", "topic", p.Topic, "error", err)
+			return true
+		}
 		s.count(DropResponseFailed, p.Topic)
 		s.cfg.logger.Warn("mqttrpc: publishing the end of a stream failed", "topic", p.Topic, "error", err)
-		return
+		return false
 	}
 	s.stats.add(statServed)
+	return true
 }
 
 // ping is the keepalive: a credit message that repeats the credit granted.
@@ -259,18 +368,6 @@ func (st *serverStream) ping() {
 	if err := st.s.publish(st.ctx, st.env.message(st.expiry(), keepaliveProps(credit, st.received(), st.sentCount.Load(), st.target), nil)); err != nil {
 		st.s.cfg.logger.Debug("mqttrpc: a stream keepalive was not published", "topic", st.env.topic, "error", err)
 	}
-}
-
-// wait stops new publishes and waits for those in flight.
-func (st *serverStream) wait() {
-	st.live.close()
-	st.mu.Lock()
-	st.ended = true
-	st.mu.Unlock()
-	if st.recv != nil {
-		st.recv.fail(Errorf(FailedPrecondition, "the stream's handler returned"))
-	}
-	st.pubs.Wait()
 }
 
 func appendMetadata(md Metadata, key string, values []string) Metadata {
@@ -287,8 +384,9 @@ func (st *serverStream) expiry() uint32 {
 }
 
 // streamMessage routes a client's message (data, half-close, credit) to
-// its running stream, on paho's receive goroutine; it never blocks. A
-// message for no running stream is dropped: it is late, or a copy.
+// its running or lingering stream, on paho's receive goroutine; it never
+// blocks. A message for no such stream is dropped: it is late, or a
+// copy.
 func (s *Server) streamMessage(p *paho.Publish) {
 	props := p.Properties
 	if props.ResponseTopic == "" || len(props.CorrelationData) == 0 {
@@ -302,7 +400,8 @@ func (s *Server) streamMessage(p *paho.Publish) {
 	st.receive(p)
 }
 
-// runningStream is the running stream a client message names, or nil.
+// runningStream is the running or lingering stream a client message
+// names, or nil.
 func (s *Server) runningStream(props *paho.PublishProperties) *serverStream {
 	s.streamsMu.Lock()
 	defer s.streamsMu.Unlock()
@@ -346,13 +445,29 @@ func (st *serverStream) receive(p *paho.Publish) {
 	if sp.ack >= 0 {
 		st.out.ack(sp.ack)
 	}
-	if sp.resume && sp.ack >= 0 {
+	st.mu.Lock()
+	lingering, finalSeq, timer := st.lingering, st.finalSeq, st.lingerTimer
+	st.mu.Unlock()
+	from := max(sp.ack, 0) // absent: the caller has nothing
+	switch {
+	case lingering && sp.ack > finalSeq:
+		// The caller has the end: the stream goes now, on the timer's
+		// goroutine (this one must not wait for its publishes).
+		timer.Reset(0)
+		return
+	case sp.resume:
 		// The caller reconnected: it missed what we sent meanwhile, and
 		// our credit.
-		from := sp.ack
 		st.spawn(func() {
 			st.resend(st.env.message(st.expiry(), creditProps(st.grantedCredit(), st.received(), st.target), nil), from)
 		})
+	case lingering && sp.sent >= 0:
+		// A keepalive of a caller that still lacks the end: the broker
+		// lost it, or what comes before it.
+		st.spawn(func() { st.resend(nil, from) })
+	}
+	if lingering {
+		return // the handler is over
 	}
 	if st.recv != nil {
 		if sp.sent >= 0 {
@@ -420,7 +535,6 @@ func (st *serverStream) Send(msg any) error {
 	}
 	p := st.env.message(st.expiry(), user, payload)
 	if limit := st.s.conn.packetLimit(); !fits(p, limit) {
-		st.out.skip(st.sendSeq) // not kept for resending (docs/protocol.md, "Resuming a stream")
 		return st.sendChunks(p, limit)
 	}
 	st.out.add(st.sendSeq, p)
@@ -431,12 +545,14 @@ func (st *serverStream) Send(msg any) error {
 
 // sendChunks sends data message p, which does not fit limit, in chunks
 // (docs/protocol.md, "Chunking"); it counts as sent once every chunk is
-// on its way.
+// on its way. It is kept whole for resending, and split again then by
+// the limit of that time (docs/protocol.md, "Resuming a stream").
 func (st *serverStream) sendChunks(p *paho.Publish, limit int) error {
 	chunks, err := splitIntoChunks(p, limit)
 	if err != nil {
 		return err
 	}
+	st.out.add(st.sendSeq, p)
 	for _, chunk := range chunks {
 		if err := st.publishAsync(chunk); err != nil {
 			return err
@@ -456,7 +572,7 @@ func (st *serverStream) publishAsync(p *paho.Publish) error {
 		return st.contextError()
 	}
 	st.mu.Lock()
-	if st.ended || st.sendErr != nil {
+	if st.ended || st.handlerDone || st.sendErr != nil {
 		err := st.sendErr
 		st.mu.Unlock()
 		<-st.slots
@@ -465,17 +581,19 @@ func (st *serverStream) publishAsync(p *paho.Publish) error {
 		}
 		return err
 	}
-	st.pubs.Add(1)
+	st.hpubs.Add(1)
 	st.mu.Unlock()
 	st.live.sent()
 	go func() {
-		defer st.pubs.Done()
-		err := st.s.publish(st.ctx, p)
+		defer st.hpubs.Done()
+		// Under the stream's context, not the handler's: what is on its
+		// way when the handler returns still goes out.
+		err := st.s.publish(st.pctx, p)
 		<-st.slots
 		// Unavailable (our connection is down, or the caller's response
 		// topic has no subscriber while it reconnects): the message stays
 		// in the replay buffer for when either side resumes.
-		if err != nil && st.ctx.Err() == nil && CodeOf(err) != Unavailable {
+		if err != nil && st.pctx.Err() == nil && CodeOf(err) != Unavailable {
 			st.mu.Lock()
 			if st.sendErr == nil {
 				st.sendErr = Errorf(CodeOf(err), "a stream message was not published: %s", asError(err).Message())
