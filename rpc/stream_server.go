@@ -196,10 +196,13 @@ func (st *serverStream) end(handlerErr error) {
 	if st.recv != nil {
 		st.recv.fail(Errorf(FailedPrecondition, "the stream's handler returned"))
 	}
+	// What the handler sent is acknowledged by the broker before the
+	// final message goes: the final arrives after every data message, so
+	// a consumer that stops at it misses none (docs/protocol.md,
+	// "Consuming a server stream from another client"), and a data
+	// message that failed is known to finish.
+	st.hpubs.Wait()
 	if st.finish(handlerErr) {
-		// What the handler sent goes out before its worker is free, as
-		// for a stream that does not linger.
-		st.hpubs.Wait()
 		if st.linger() {
 			return
 		}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mqttrpc/mqttrpc/rpc"
@@ -113,6 +115,61 @@ func TestShutdownGivingUpEndsStreamsWithUnavailable(t *testing.T) {
 		_, err := stream.Recv()
 		if e := wantCode(t, err, rpc.Unavailable); !strings.Contains(e.Message(), "shut down") {
 			t.Fatalf("Recv = %v, want the server's final Unavailable (shut down)", err)
+		}
+	})
+}
+
+// A server stream's final message arrives after every data message, as a
+// foreign consumer that stops at the final message (docs/protocol.md,
+// "Consuming a server stream from another client") needs: the server
+// publishes it once the broker has acknowledged the data. Data messages
+// are published concurrently and may overtake each other; the final
+// overtook some in 5 of 5 runs of a newcomer's consumer before.
+func TestStreamFinalArrivesLast(t *testing.T) {
+	eachBroker(t, func(t *testing.T, b *broker) {
+		startStreamServer(t, b.url, &streamService{}, rpc.WithServerID("dev-1"))
+		raw := newRawClient(t, b.url, uniqueID("raw"))
+		responseTopic := "mqttrpc/responses/" + uniqueID("raw-consumer")
+		raw.SubscribeTo(t, responseTopic)
+		const n = 60
+		req, err := proto.Marshal(wrapperspb.Int64(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for run := range 5 {
+			corr := fmt.Sprint("final-last-", run)
+			if _, err := raw.Publish(testCtx(t), &paho.Publish{Topic: "mqttrpc/" + streamServiceName + "/dev-1/Count", QoS: 1, Payload: req, Properties: &paho.PublishProperties{
+				ResponseTopic:   responseTopic,
+				CorrelationData: []byte(corr),
+				MessageExpiry:   u32(30),
+				// No flow control: the window covers the stream.
+				User: paho.UserProperties{{Key: "mqttrpc-timeout", Value: "30000"}, {Key: "mqttrpc-window", Value: "1000"}},
+			}}); err != nil {
+				t.Fatal(err)
+			}
+			data := 0
+			for {
+				p := raw.Next(20 * time.Second)
+				if p == nil {
+					t.Fatalf("run %d: the stream did not end (%d data messages)", run, data)
+				}
+				if string(p.Properties.CorrelationData) != corr {
+					continue // a keepalive of an earlier run
+				}
+				up := userProps(p)
+				if _, final := up["mqttrpc-status"]; final {
+					if up["mqttrpc-status"] != "0" || up["mqttrpc-seq"] != fmt.Sprint(n) {
+						t.Fatalf("run %d: final message %v, want status 0 and seq %d", run, up, n)
+					}
+					break
+				}
+				if up["mqttrpc-seq"] != "" && !hasUserProperty(p, "mqttrpc-credit") {
+					data++
+				}
+			}
+			if data != n {
+				t.Fatalf("run %d: the final message arrived after %d of the %d data messages", run, data, n)
+			}
 		}
 	})
 }

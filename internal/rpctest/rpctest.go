@@ -101,6 +101,7 @@ func WaitFor(t *testing.T, cond func() bool) {
 type RawClient struct {
 	*paho.Client
 	received chan *paho.Publish
+	closing  chan struct{} // closed at cleanup: what arrives then is dropped
 }
 
 // NewRawClient connects a RawClient with a clean session; it disconnects
@@ -120,19 +121,27 @@ func NewRawClient(t *testing.T, brokerURL, clientID string) *RawClient {
 // packets.NewThreadSafeConn.
 func NewRawClientConn(t *testing.T, conn net.Conn, connect *paho.Connect) *RawClient {
 	t.Helper()
-	rc := &RawClient{received: make(chan *paho.Publish, 16)}
+	rc := &RawClient{received: make(chan *paho.Publish, 16), closing: make(chan struct{})}
 	rc.Client = paho.NewClient(paho.ClientConfig{
 		Conn:     conn,
 		ClientID: connect.ClientID,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			rc.received <- pr.Packet
+			select {
+			case rc.received <- pr.Packet:
+			case <-rc.closing:
+				// A test that failed stopped reading: Disconnect waits
+				// for this router, which must not block.
+			}
 			return true, nil
 		}},
 	})
 	if _, err := rc.Connect(Context(t, 30*time.Second), connect); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = rc.Disconnect(&paho.Disconnect{}) })
+	t.Cleanup(func() {
+		close(rc.closing)
+		_ = rc.Disconnect(&paho.Disconnect{})
+	})
 	return rc
 }
 
