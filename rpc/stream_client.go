@@ -397,10 +397,10 @@ func (st *clientStream) Send(msg any) error {
 	}
 	payload, err := st.cc.cfg.codec.Marshal(msg)
 	if err != nil {
-		return Errorf(Internal, "encoding a stream message: %v", err)
+		return st.failSend(Errorf(Internal, "encoding a stream message: %v", err))
 	}
 	if len(payload) > st.client.maxPayload {
-		return Errorf(ResourceExhausted, "stream message of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), st.client.maxPayload)
+		return st.failSend(Errorf(ResourceExhausted, "stream message of %d bytes exceeds the client's limit of %d (WithMaxPayload)", len(payload), st.client.maxPayload))
 	}
 	p := st.message(dataProps(st.sendSeq, 0), payload)
 	if limit := st.client.conn.packetLimit(); !fits(p, limit) {
@@ -410,6 +410,14 @@ func (st *clientStream) Send(msg any) error {
 	st.sendSeq++
 	st.sentCount.Store(st.sendSeq)
 	return st.publishAsync(p)
+}
+
+// failSend ends the stream with err, a message that could not be sent:
+// the server is told (a cancel), and Receive and later Sends report err,
+// as in grpc-go. Going on would end the stream OK with a message missing.
+func (st *clientStream) failSend(err *Error) error {
+	st.abort(err)
+	return err
 }
 
 // sendChunks sends data message p, which does not fit limit, in chunks

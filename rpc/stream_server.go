@@ -501,7 +501,7 @@ func (st *serverStream) contextError() error {
 	if cause := context.Cause(st.ctx); cause != nil && !errors.Is(cause, st.ctx.Err()) {
 		return cause // the caller went silent
 	}
-	return contextError(st.ctx.Err(), "stream")
+	return contextError(st.ctx.Err(), "the stream ran")
 }
 
 // Send implements StreamingHandlerConn.
