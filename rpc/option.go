@@ -510,7 +510,9 @@ func WithCodec(cd codec.Codec) CallOption {
 }
 
 // ResponseMetadata stores the response's metadata into *md when the call
-// returns, for errors too.
+// returns, for errors too. On a stream it stores the response headers
+// (what ClientStream.Header returns) once they have arrived: after the
+// first Recv returns.
 func ResponseMetadata(md *Metadata) CallOption {
 	return callOptionFunc(func(c *callConfig) { c.responseMetadata = md })
 }

@@ -221,6 +221,11 @@ func (st *clientStream) setHeaders(md Metadata) {
 	if !st.headersSet {
 		st.headers, st.headersSet = md, true
 		st.cc.respMeta = md // the Call's response metadata, as for unary calls
+		if ptr := st.cc.cfg.responseMetadata; ptr != nil && md != nil {
+			// ResponseMetadata: set before the first message or the end
+			// is delivered, so the caller sees it after a Recv.
+			*ptr = md
+		}
 		close(st.headersDone)
 	}
 }

@@ -69,3 +69,19 @@ func (i handlerEndInterceptor) WrapStreamingHandler(next rpc.StreamingHandlerFun
 		return err
 	}
 }
+
+// rpc.ResponseMetadata works on a stream as on a call: it holds the
+// response headers once the first message has been received.
+func TestStreamResponseMetadataOption(t *testing.T) {
+	b := newTestbroker(t)
+	startStreamServer(t, b.url, &streamService{}, rpc.WithServerID("dev-1"))
+	client := newClient(t, b.url)
+	var md rpc.Metadata
+	stream := openCount(t, testCtx(t), client, 2, rpc.To("dev-1"), rpc.ResponseMetadata(&md))
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if got := md["x-header"]; len(got) != 1 || got[0] != "h" {
+		t.Fatalf("ResponseMetadata after the first Recv = %v, want x-header: h", md)
+	}
+}
