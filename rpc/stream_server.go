@@ -200,9 +200,16 @@ func (st *serverStream) end(handlerErr error) {
 	// final message goes: the final arrives after every data message, so
 	// a consumer that stops at it misses none (docs/protocol.md,
 	// "Consuming a server stream from another client"), and a data
-	// message that failed is known to finish.
-	st.hpubs.Wait()
+	// message that failed is known to finish. Not when the handler's
+	// context ended (the caller cancelled or went silent, the deadline
+	// passed, Shutdown gave up): its publishes are cancelled instead.
+	if st.ctx.Err() == nil {
+		st.hpubs.Wait()
+	}
 	if st.finish(handlerErr) {
+		// What the handler sent goes out before its worker is free, as
+		// for a stream that does not linger.
+		st.hpubs.Wait()
 		if st.linger() {
 			return
 		}
